@@ -1,0 +1,142 @@
+"""The ``engage`` command-line program.
+
+Sub-commands: ``run``, ``demo``, ``profile``, ``bench``. Each exits non-zero
+with a one-line reason on bad input or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from engage.config import Settings
+
+DEFAULT_RECOVERY_DIR = ".engage/recovery"
+
+
+def _engine_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kafka-bootstrap", dest="kafka_bootstrap", help="host:port[,host:port] "
+                   "(env ENGAGE_KAFKA_BOOTSTRAP)")
+    p.add_argument("--redis-url", dest="redis_url", help="redis://[:password@]host:port/db or "
+                   "rediss:// for TLS (env ENGAGE_REDIS_URL)")
+    p.add_argument("--metrics-port", dest="metrics_port", type=int,
+                   help="port of /metrics, /healthz, /readyz (env ENGAGE_METRICS_PORT; 0 = off)")
+    p.add_argument("--workers", type=int, help="Bytewax workers per process")
+    p.add_argument("--processes", type=int, help="number of processes in the cluster")
+    p.add_argument("--process-id", dest="process_id", type=int, help="this process's index")
+    p.add_argument("--addresses", help="host:port of every process, separated by ';'")
+    p.add_argument("--recovery-dir", dest="recovery_dir",
+                   help="Bytewax recovery directory (default .engage/recovery; env ENGAGE_RECOVERY_DIR)")
+    p.add_argument("--no-recovery", action="store_true", help="run without crash recovery")
+    p.add_argument("--snapshot-interval", dest="snapshot_interval",
+                   help="how often state is snapshotted, e.g. 5s")
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--lateness", help="allowed event lateness, e.g. 5m")
+    p.add_argument("--max-future-skew", dest="max_future_skew",
+                   help="events further in the future are dead-lettered, e.g. 5m")
+    p.add_argument("--kafka-config", dest="kafka_config",
+                   help="extra librdkafka settings, k=v,k=v (SASL/SSL pass through here)")
+
+
+def _settings(args: argparse.Namespace, **overrides: object) -> Settings:
+    flags = {k: v for k, v in vars(args).items() if v is not None}
+    flags.update(overrides)
+    return Settings.load(flags)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the engine against the configured Kafka and Redis."""
+    from engage.runtime import run_engine  # noqa: PLC0415 - keeps `engage profile` quick
+
+    settings = _settings(args)
+    if args.no_recovery:
+        settings = _settings(args, recovery_dir="")
+    elif not settings.recovery_dir:
+        settings = _settings(args, recovery_dir=DEFAULT_RECOVERY_DIR)
+    run_engine(settings, stop_at_end=args.stop_at_end, from_end=args.start_from == "end")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Everything on this machine: broker, Redis, storefront, engine, metrics."""
+    from engage.demo import run_demo  # noqa: PLC0415
+
+    return run_demo(seconds=args.seconds, rate=args.rate, speed=args.speed,
+                    metrics_port=args.metrics_port, customers=args.customers)
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    """Print a customer's merged view from Redis."""
+    from engage.profile_view import show_profile  # noqa: PLC0415
+
+    settings = _settings(args)
+    if not settings.redis_url:
+        print("engage profile: ENGAGE_REDIS_URL is not set (the demo prints the one to use)",
+              file=sys.stderr)
+        return 2
+    return show_profile(settings, args.user_id, as_json=args.json)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Throughput of the pipeline beside a per-event baseline and the raw consume rate."""
+    from engage.benchmarks.bench import main as bench_main  # noqa: PLC0415
+
+    return bench_main(events=args.events, customers=args.customers, write=args.write,
+                      repeat=args.repeat)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every sub-command."""
+    parser = argparse.ArgumentParser(prog="engage", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help=cmd_run.__doc__)
+    _engine_flags(run)
+    run.add_argument("--stop-at-end", dest="stop_at_end", action="store_true",
+                     help="stop once the input topic is read to the end it had at start")
+    run.add_argument("--start-from", dest="start_from", choices=("beginning", "end"),
+                     default="beginning",
+                     help="where a new deployment starts reading (default: beginning)")
+    run.set_defaults(func=cmd_run)
+
+    demo = sub.add_parser("demo", help=cmd_demo.__doc__)
+    demo.add_argument("--seconds", type=float, default=60.0, help="stop after this long (default 60)")
+    demo.add_argument("--rate", type=float, default=300.0, help="storefront events per second")
+    demo.add_argument("--speed", type=float, default=7200.0,
+                      help="event time runs this many times faster than the wall clock "
+                           "(default 7200: two hours a second, so 24 h carts fire in the demo)")
+    demo.add_argument("--customers", type=int, default=400)
+    demo.add_argument("--metrics-port", dest="metrics_port", type=int, default=None)
+    demo.set_defaults(func=cmd_demo)
+
+    profile = sub.add_parser("profile", help=cmd_profile.__doc__)
+    profile.add_argument("user_id", help="customer id (or a device id linked to one)")
+    profile.add_argument("--json", action="store_true", help="machine-readable output")
+    profile.add_argument("--redis-url", dest="redis_url")
+    profile.set_defaults(func=cmd_profile)
+
+    bench = sub.add_parser("bench", help=cmd_bench.__doc__)
+    bench.add_argument("--events", type=int, default=300_000)
+    bench.add_argument("--customers", type=int, default=20_000)
+    bench.add_argument("--repeat", type=int, default=1, help="runs of each measurement (best kept)")
+    bench.add_argument("--write", metavar="FILE", help="write the result table (markdown) here")
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``engage`` program."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ValueError as exc:
+        print(f"engage {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

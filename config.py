@@ -1,0 +1,144 @@
+"""Engine settings: flags, then ``ENGAGE_*`` environment variables, then defaults.
+
+Configuration is data: every value is parsed and checked here, once, so a
+bad setting fails at start-up with its name, never mid-stream.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from engage.state.customer import StateConfig
+from engage.state.windows import parse_duration
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_RULES = PACKAGE_DIR / "rules" / "catalog"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a run of the engine needs to know.
+
+    >>> Settings.load({}, {}).lateness
+    '5m'
+    """
+
+    kafka_bootstrap: str | None = None
+    redis_url: str | None = None
+    rules: str = str(DEFAULT_RULES)
+    metrics_port: int = 9108
+    #: librdkafka settings passed through as they are (SASL, SSL, tuning).
+    kafka_config: dict[str, str] = field(default_factory=dict)
+
+    workers: int = 1
+    processes: int = 1
+    process_id: int | None = None
+    addresses: tuple[str, ...] = ()
+    recovery_dir: str | None = None
+    snapshot_interval: str = "5s"
+    batch_size: int = 2000
+
+    identity_shards: int = 16
+    customer_shards: int = 32
+    lateness: str = "5m"
+    max_future_skew: str = "5m"
+    idle_partition_after: str = "30s"
+    count_windows: tuple[str, ...] = ("1h", "24h", "7d", "30d")
+    spend_windows: tuple[str, ...] = ("30d", "365d")
+    cart_abandon_after: str = "24h"
+    inactive_ttl: str = "400d"
+    max_links_per_device: int = 3
+    event_partitions: int = 3
+
+    @staticmethod
+    def load(flags: Mapping[str, Any], env: Mapping[str, str] | None = None) -> "Settings":
+        """Merge flags over environment over defaults, and validate the result."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        env_names = {"kafka_bootstrap": "ENGAGE_KAFKA_BOOTSTRAP",
+                     "redis_url": "ENGAGE_REDIS_URL", "rules": "ENGAGE_RULES",
+                     "metrics_port": "ENGAGE_METRICS_PORT",
+                     "recovery_dir": "ENGAGE_RECOVERY_DIR"}
+        for f in fields(Settings):
+            name = env_names.get(f.name, "ENGAGE_" + f.name.upper())
+            if name in env and env[name] != "":
+                values[f.name] = env[name]
+        for key, value in flags.items():
+            if value is not None and key in {f.name for f in fields(Settings)}:
+                values[key] = value
+        if isinstance(values.get("kafka_config"), str):
+            values["kafka_config"] = parse_kafka_config(values["kafka_config"])
+        for name in ("count_windows", "spend_windows", "addresses"):
+            if isinstance(values.get(name), str):
+                values[name] = tuple(v.strip() for v in values[name].replace(";", ",").split(",")
+                                     if v.strip())
+        settings = Settings()
+        typed: dict[str, Any] = {}
+        for f in fields(Settings):
+            if f.name not in values:
+                continue
+            default = getattr(settings, f.name)
+            value = values[f.name]
+            if isinstance(default, int) and not isinstance(default, bool) and f.name != "process_id":
+                try:
+                    value = int(value)
+                except (TypeError, ValueError):
+                    raise ValueError(f"setting {f.name}: {value!r} is not a whole number") from None
+            if f.name == "process_id" and value is not None:
+                value = int(value)
+            typed[f.name] = value
+        result = replace(settings, **typed)
+        result.validate()
+        return result
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad setting."""
+        for name in ("snapshot_interval", "lateness", "max_future_skew", "idle_partition_after",
+                     "cart_abandon_after", "inactive_ttl"):
+            try:
+                parse_duration(getattr(self, name))
+            except ValueError as exc:
+                raise ValueError(f"setting {name}: {exc}") from None
+        for name in ("workers", "processes", "batch_size", "identity_shards", "customer_shards",
+                     "max_links_per_device", "event_partitions"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"setting {name}: must be at least 1")
+        try:
+            self.state_config()
+        except ValueError as exc:
+            raise ValueError(f"setting count_windows/spend_windows: {exc}") from None
+
+    def state_config(self) -> StateConfig:
+        """The per-customer state layout these settings ask for."""
+        return StateConfig.from_settings(list(self.count_windows), list(self.spend_windows),
+                                         self.cart_abandon_after, self.inactive_ttl)
+
+    def ms(self, name: str) -> int:
+        """A duration setting in milliseconds."""
+        return parse_duration(getattr(self, name))
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings safe to log: secrets in URLs and Kafka config are masked."""
+        out = {f.name: getattr(self, f.name) for f in fields(Settings)}
+        if self.redis_url and "@" in self.redis_url:
+            scheme, rest = self.redis_url.split("://", 1)
+            out["redis_url"] = f"{scheme}://***@{rest.split('@', 1)[1]}"
+        out["kafka_config"] = {k: ("***" if any(s in k for s in ("password", "secret", "key"))
+                                   else v) for k, v in self.kafka_config.items()}
+        return out
+
+
+def parse_kafka_config(text: str) -> dict[str, str]:
+    """``"security.protocol=SASL_SSL,sasl.mechanism=PLAIN"`` as a dict."""
+    out: dict[str, str] = {}
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        if "=" not in part:
+            raise ValueError(f"setting kafka_config: {part!r} is not key=value")
+        key, value = part.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out

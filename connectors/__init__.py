@@ -1,0 +1,1 @@
+"""The edges: Kafka source and sinks, Redis store, the embedded dev stack."""

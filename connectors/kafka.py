@@ -1,0 +1,256 @@
+"""Kafka at the edges: the event source, one producer sink for every output topic.
+
+The source assigns partitions directly (no consumer group): Bytewax owns the
+offsets and stores them in its recovery snapshots, which is what makes a
+restart resume exactly where the last consistent snapshot was taken.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Iterable
+
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from engage.monitoring import metrics
+from engage.operators.records import Emit
+
+log = logging.getLogger(__name__)
+
+RawRecord = tuple[int, int, Any, Any]
+"""``(partition, offset, key bytes, value bytes)`` as read from the input topic."""
+
+EVENTS_TOPIC = "engage.events"
+ACTIONS_TOPIC = "engage.actions"
+DLQ_TOPIC = "engage.dlq"
+AUDIT_TOPIC = "engage.audit"
+PROFILE_CHANGES_TOPIC = "engage.profile_changes"
+ALL_TOPICS = (EVENTS_TOPIC, ACTIONS_TOPIC, DLQ_TOPIC, AUDIT_TOPIC, PROFILE_CHANGES_TOPIC)
+
+#: Set on SIGINT/SIGTERM: every partition stops reading, the dataflow drains
+#: what it holds, writes it out, and the run ends without a traceback.
+STOP_READING = threading.Event()
+
+
+def client_config(bootstrap: str, extra: dict[str, str] | None = None) -> dict[str, Any]:
+    """Base librdkafka settings plus pass-through ones (security, tuning)."""
+    conf: dict[str, Any] = {"bootstrap.servers": bootstrap}
+    conf.update(extra or {})
+    return conf
+
+
+def ensure_topics(bootstrap: str, partitions: dict[str, int],
+                  extra: dict[str, str] | None = None, timeout: float = 15.0) -> None:
+    """Create the topics that do not exist yet; leave existing ones alone."""
+    admin = AdminClient(client_config(bootstrap, extra))
+    existing = admin.list_topics(timeout=timeout).topics
+    wanted = [NewTopic(name, num_partitions=n, replication_factor=1)
+              for name, n in partitions.items() if name not in existing]
+    if not wanted:
+        return
+    for name, future in admin.create_topics(wanted, request_timeout=timeout).items():
+        try:
+            future.result(timeout=timeout)
+        except Exception as exc:  # noqa: BLE001 - raced with another creator is fine
+            if "already exists" not in str(exc).lower() and "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise RuntimeError(f"could not create Kafka topic {name!r}: {exc}") from exc
+
+
+class _EventPartition(StatefulSourcePartition[RawRecord, int]):
+    """Reads one partition; its snapshot is the next offset to read."""
+
+    LAG_EVERY_S = 5.0
+
+    def __init__(self, conf: dict[str, Any], topic: str, partition: int,
+                 resume_offset: int | None, batch_size: int, stop_at_end: bool,
+                 start_offset: int = OFFSET_BEGINNING) -> None:
+        self.consumer = Consumer(conf)
+        self.topic = topic
+        self.partition = partition
+        self.batch_size = batch_size
+        self.next_offset = start_offset if resume_offset is None else resume_offset
+        if self.next_offset == OFFSET_END:
+            # A concrete offset, so a snapshot taken before the first record
+            # still resumes here rather than at a later "end".
+            _, self.next_offset = self.consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=10.0)
+        self.consumer.assign([TopicPartition(topic, partition, self.next_offset)])
+        self.end: int | None = None
+        if stop_at_end:
+            _, self.end = self.consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=10.0)
+        self.lag_checked = 0.0
+        self.label = str(partition)
+
+    def next_batch(self) -> list[RawRecord]:
+        if STOP_READING.is_set():
+            raise StopIteration()
+        if self.end is not None and (self.end == 0
+                                     or (self.next_offset >= 0 and self.next_offset >= self.end)):
+            raise StopIteration()
+        msgs = self.consumer.consume(self.batch_size, 0.05)
+        batch: list[RawRecord] = []
+        append = batch.append
+        last = None
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    continue
+                raise RuntimeError(f"error reading {self.topic}[{self.partition}]: {err}")
+            last = m.offset()
+            append((self.partition, last, m.key(), m.value()))
+        if last is not None:
+            self.next_offset = last + 1
+            metrics.EVENTS_READ.inc(len(batch))
+        self._report_lag()
+        return batch
+
+    def _report_lag(self) -> None:
+        now = time.monotonic()
+        if now - self.lag_checked < self.LAG_EVERY_S:
+            return
+        self.lag_checked = now
+        try:
+            _, high = self.consumer.get_watermark_offsets(
+                TopicPartition(self.topic, self.partition), timeout=1.0)
+        except Exception:  # noqa: BLE001 - a missed lag sample is not an error
+            return
+        pos = self.next_offset if self.next_offset >= 0 else 0
+        metrics.CONSUMER_LAG.labels(self.label).set(max(0, high - pos))
+
+    def snapshot(self) -> int:
+        return self.next_offset
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+class EventSource(FixedPartitionedSource[RawRecord, int]):
+    """Every partition of the input topic, as raw records.
+
+    ``stop_at_end`` makes the run bounded: each partition stops at the end
+    offset it had when the run started (tests, benchmarks, catch-up jobs).
+    ``from_end`` starts partitions without a snapshot at their end instead of
+    their beginning (a new deployment that takes over existing state).
+    """
+
+    def __init__(self, bootstrap: str, topic: str = EVENTS_TOPIC, batch_size: int = 2000,
+                 stop_at_end: bool = False, extra: dict[str, str] | None = None,
+                 from_end: bool = False) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.batch_size = batch_size
+        self.stop_at_end = stop_at_end
+        self.extra = extra or {}
+        self.start_offset = OFFSET_END if from_end else OFFSET_BEGINNING
+
+    def list_parts(self) -> list[str]:
+        admin = AdminClient(client_config(self.bootstrap, self.extra))
+        meta = admin.list_topics(self.topic, timeout=15.0).topics.get(self.topic)
+        if meta is None or meta.error is not None:
+            raise RuntimeError(f"input topic {self.topic!r} is not available: "
+                               f"{meta.error if meta else 'missing'}")
+        return [str(p) for p in sorted(meta.partitions)]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _EventPartition:
+        conf = client_config(self.bootstrap, {
+            "group.id": "engage-engine",  # required by librdkafka; no group is joined
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+            # The embedded broker holds every fetch for the full wait: keep it short.
+            "fetch.wait.max.ms": 20,
+            "queued.min.messages": 20000,
+            **self.extra,
+        })
+        return _EventPartition(conf, self.topic, int(for_part), resume_state, self.batch_size,
+                               self.stop_at_end, self.start_offset)
+
+
+class _ProducerPartition(StatelessSinkPartition[Emit]):
+    def __init__(self, producer: Producer) -> None:
+        self.producer = producer
+        self.failed: list[str] = []
+
+    def _on_delivery(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self.failed.append(f"{msg.topic()}: {err}")
+
+    def write_batch(self, items: list[Emit]) -> None:
+        produce = self.producer.produce
+        for item in items:
+            produce(item.topic, item.value, item.key, headers=list(item.headers) or None,
+                    on_delivery=self._on_delivery)
+        # Flushing per batch means Bytewax only moves on once the broker has
+        # the messages: nothing accepted is lost if we crash after this.
+        self.producer.flush()
+        if self.failed:
+            errors, self.failed = self.failed, []
+            raise RuntimeError("Kafka refused messages: " + "; ".join(errors[:5]))
+
+    def close(self) -> None:
+        self.producer.flush()
+
+
+class KafkaTopicsSink(DynamicSink[Emit]):
+    """One producer per worker that writes each :class:`Emit` to its own topic."""
+
+    def __init__(self, bootstrap: str, extra: dict[str, str] | None = None) -> None:
+        self.conf = client_config(bootstrap, {"linger.ms": 5, "enable.idempotence": False,
+                                              **(extra or {})})
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _ProducerPartition:
+        return _ProducerPartition(Producer(self.conf))
+
+
+def read_topic(bootstrap: str, topic: str, timeout: float = 5.0,
+               extra: dict[str, str] | None = None) -> list[Any]:
+    """Every message currently in ``topic`` (all partitions, from the start).
+
+    Uses ``assign()``: joining a consumer group takes ~20 s on the embedded broker.
+    """
+    admin = AdminClient(client_config(bootstrap, extra))
+    meta = admin.list_topics(topic, timeout=timeout).topics[topic]
+    consumer = Consumer(client_config(bootstrap, {"group.id": "engage-reader",
+                                                  "enable.auto.commit": False,
+                                                  "fetch.wait.max.ms": 20, **(extra or {})}))
+    ends: dict[int, int] = {}
+    for p in meta.partitions:
+        _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+        if high > 0:
+            ends[p] = high
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+    out: list[Any] = []
+    deadline = time.monotonic() + timeout + 0.001 * sum(ends.values())
+    done: dict[int, int] = {p: 0 for p in ends}
+    while any(done[p] < ends[p] for p in ends) and time.monotonic() < deadline:
+        for m in consumer.consume(5000, 0.1):
+            if m.error() is None:
+                out.append(m)
+                done[m.partition()] = m.offset() + 1
+    consumer.close()
+    return out
+
+
+def produce_all(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes]],
+                extra: dict[str, str] | None = None) -> int:
+    """Write ``(key, value)`` records and wait until the broker has all of them."""
+    producer = Producer(client_config(bootstrap, {"linger.ms": 5, **(extra or {})}))
+    n = 0
+    for key, value in records:
+        while True:
+            try:
+                producer.produce(topic, value, key)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        n += 1
+        if n % 10000 == 0:
+            producer.poll(0)
+    producer.flush()
+    return n

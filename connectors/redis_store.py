@@ -1,0 +1,155 @@
+"""Redis at the edge: one round trip per batch to write state, and reads for the CLI.
+
+redis-py spends most of a pipelined batch encoding commands and parsing
+replies in Python, so a batch is one ``EVALSHA`` of a small Lua script that
+does every ``SET``/``DEL`` server-side: one command, one reply, whatever the
+number of customers touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import orjson
+import redis
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+from engage.monitoring import metrics
+from engage.operators.records import Clock, RedisWrite
+from engage.state.keys import CLOCK_KEY, link_key, state_key
+
+log = logging.getLogger(__name__)
+
+# KEYS: keys to set, then keys to delete, then the clock key.
+# ARGV: ttl seconds, number of sets, clock value (0 = none), then the values.
+_WRITE_BATCH = """
+local ttl = tonumber(ARGV[1])
+local nset = tonumber(ARGV[2])
+local clock = tonumber(ARGV[3])
+local nkeys = #KEYS - 1
+for i = 1, nset do
+  redis.call('SET', KEYS[i], ARGV[i + 3], 'EX', ttl)
+end
+for i = nset + 1, nkeys do
+  redis.call('DEL', KEYS[i])
+end
+if clock > 0 then
+  local current = tonumber(redis.call('GET', KEYS[#KEYS]) or '0')
+  if clock > current then redis.call('SET', KEYS[#KEYS], ARGV[3]) end
+end
+return nset
+"""
+
+RETRY_BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
+
+
+def connect(url: str) -> redis.Redis:
+    """A client for ``redis://`` or ``rediss://`` (TLS) URLs, with AUTH from the URL."""
+    return redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5,
+                                health_check_interval=30)
+
+
+class _StatePartition(StatelessSinkPartition[Any]):
+    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
+        self.client = client
+        self.ttl = str(ttl_s)
+        self.script = client.register_script(_WRITE_BATCH)
+
+    def write_batch(self, items: list[Any]) -> None:
+        # Last write wins within a batch (a state set, then deleted on expiry).
+        latest: dict[str, bytes | None] = {}
+        clock = 0
+        for item in items:
+            if type(item) is RedisWrite:
+                latest[item.key] = item.value
+            elif type(item) is Clock and item.watermark > clock:
+                clock = item.watermark
+        if not latest and not clock:
+            return
+        sets = [(k, v) for k, v in latest.items() if v is not None]
+        dels = [k for k, v in latest.items() if v is None]
+        keys = [k for k, _ in sets] + dels + [CLOCK_KEY]
+        args: list[Any] = [self.ttl, len(sets), clock]
+        args.extend(v for _, v in sets)
+        started = time.perf_counter()
+        self._call(keys, args)
+        metrics.STATE_WRITE_SECONDS.observe(time.perf_counter() - started)
+        metrics.STATE_KEYS_WRITTEN.labels("set").inc(len(sets))
+        if dels:
+            metrics.STATE_KEYS_WRITTEN.labels("del").inc(len(dels))
+
+    def _call(self, keys: list[str], args: list[Any]) -> None:
+        """Write, retrying with backoff while Redis is unreachable.
+
+        Blocking here is deliberate: the dataflow stops taking input until
+        the state is written, so no accepted event is lost.
+        """
+        attempt = 0
+        while True:
+            try:
+                self.script(keys=keys, args=args)
+                return
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+                metrics.REDIS_ERRORS.inc()
+                delay = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
+                if attempt % 10 == 0:
+                    log.warning("Redis write failed (%s); retrying in %.2fs", exc, delay)
+                time.sleep(delay)
+                attempt += 1
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class RedisStateSink(DynamicSink[Any]):
+    """Writes :class:`RedisWrite` and :class:`Clock` records, one round trip per batch."""
+
+    def __init__(self, url: str, ttl_s: int) -> None:
+        self.url = url
+        self.ttl_s = ttl_s
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _StatePartition:
+        return _StatePartition(connect(self.url), self.ttl_s)
+
+
+def make_loader(url: str) -> Any:
+    """A bootstrap loader: several keys in one ``MGET``."""
+    client = connect(url)
+
+    def load(keys: list[str]) -> list[bytes | None]:
+        return client.mget(keys) if keys else []
+
+    return load
+
+
+def has_state(client: redis.Redis) -> bool:
+    """True when Redis already holds customer state (written by any deployment)."""
+    cursor, keys = client.scan(0, match="engage:c:*", count=1000)
+    while not keys and cursor:
+        cursor, keys = client.scan(cursor, match="engage:c:*", count=1000)
+    return bool(keys)
+
+
+def read_customer(client: redis.Redis, some_id: str) -> tuple[str, dict[str, Any]] | None:
+    """The state document for a customer id, or for a device id via its link."""
+    raw = client.get(state_key(some_id))
+    key = some_id
+    if raw is None:
+        linked = client.get(link_key(some_id))
+        if linked is not None:
+            key = linked.decode()
+            raw = client.get(state_key(key))
+        else:
+            key = "~" + some_id
+            raw = client.get(state_key(key))
+    if raw is None:
+        return None
+    return key, orjson.loads(raw)
+
+
+def read_clock(client: redis.Redis) -> int | None:
+    """The event-time watermark the engine last published."""
+    raw = client.get(CLOCK_KEY)
+    return int(raw) if raw is not None else None

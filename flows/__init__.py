@@ -1,0 +1,1 @@
+"""Bytewax dataflows: each reads top to bottom as the path of an event."""

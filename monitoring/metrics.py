@@ -1,0 +1,40 @@
+"""Every Prometheus metric the engine exports, in one place.
+
+Names follow ``engage_<what>_<unit>`` with ``_total`` for counters and base
+units (seconds). Labels are bounded sets (event type, reason, rule id,
+channel, step, partition), never customer ids.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS = Counter("engage_events_total", "Valid events taken in, by event type.", ["type"])
+DEAD_LETTERS = Counter("engage_dead_letters_total",
+                       "Inputs sent to the dead-letter topic, by reason code.", ["reason"])
+LATE_EVENTS = Counter("engage_late_events_total",
+                      "Events later than the allowed lateness: counted in lifetime totals only.")
+IDENTITY_LINKS = Counter("engage_identity_links_total",
+                         "Device-to-customer links, by outcome (linked, refused).", ["outcome"])
+BATCH_SECONDS = Histogram("engage_batch_seconds", "Time to process one batch, by dataflow step.",
+                          ["step"], buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1))
+STATE_WRITE_SECONDS = Histogram("engage_state_write_seconds",
+                                "Latency of one batched Redis state write (one round trip).",
+                                buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
+STATE_KEYS_WRITTEN = Counter("engage_state_keys_written_total",
+                             "Redis keys set or deleted by state writes.", ["op"])
+REDIS_ERRORS = Counter("engage_redis_errors_total", "Redis calls that failed (and were retried).")
+ACTIONS_SENT = Counter("engage_actions_sent_total", "Actions written to engage.actions.",
+                       ["rule_id", "channel"])
+ACTIONS_SUPPRESSED = Counter("engage_actions_suppressed_total",
+                             "Decisions not sent, written to engage.audit, by reason.",
+                             ["rule_id", "reason"])
+CUSTOMERS_EXPIRED = Counter("engage_customers_expired_total",
+                            "Customer and device states dropped after the inactivity TTL.")
+CUSTOMERS_HOT = Gauge("engage_customers_hot", "Customer and device states held in memory.", ["step"])
+PENDING_TIMERS = Gauge("engage_pending_timers", "Event-time timers waiting to fire.", ["step"])
+WATERMARK_LAG = Gauge("engage_watermark_lag_seconds",
+                      "Wall clock minus the event-time watermark (how far behind event time is).")
+CONSUMER_LAG = Gauge("engage_consumer_lag_messages",
+                     "Messages on the broker not yet read, per input partition.", ["partition"])
+EVENTS_READ = Counter("engage_records_read_total", "Records read from the input topic.")

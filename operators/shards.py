@@ -1,0 +1,436 @@
+"""Stateful steps that own a shard of customers (or devices) each.
+
+Why shards and not one Bytewax key per customer: event-time timers must fire
+for customers who send nothing more (the cart left for 24 h), and Bytewax's
+own timers run on the wall clock. A shard holds many customers, a timer heap
+and the watermark, so one tick of event time reaches every timer it owns.
+It also means one Python call per shard per batch instead of one per event.
+
+State is kept hot here and snapshotted by Bytewax recovery at every epoch, so
+a restart resumes from a consistent cut of state and input offsets. Redis is
+the materialised view, overwritten with whole documents: replaying the events
+after a snapshot rewrites the same documents, never adds twice.
+
+Redis is read only to bootstrap state that an earlier deployment wrote (see
+:class:`Bootstrap`); a shard never reads per event.
+"""
+
+from __future__ import annotations
+
+import heapq
+import pickle
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import orjson
+from bytewax.operators import StatefulBatchLogic
+
+from engage.events import Event, anon_key
+from engage.monitoring import metrics
+from engage.operators.event_time import Watermark
+from engage.operators.records import Clock, Emit, Merge, RedisWrite, Tick
+from engage.rules import cart_abandon
+from engage.state.customer import CustomerState, StateConfig
+from engage.state.keys import base_key, link_key, state_key
+
+CLOCK_STEP_MS = 60_000
+
+Loader = Callable[[list[str]], list[bytes | None]]
+"""Reads the Redis documents of several keys in one round trip (bootstrap only)."""
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    """What every shard needs to know; built once per run."""
+
+    state: StateConfig
+    lateness_ms: int
+    idle_after_s: float
+    lineage: str
+    max_links_per_device: int = 3
+    actions_topic: str = "engage.actions"
+    audit_topic: str = "engage.audit"
+    #: Live engines stamp decisions with the wall clock; replays with event time.
+    live: bool = True
+    #: At the end of bounded input, let event time reach the last event.
+    finish_on_eof: bool = True
+
+
+class Bootstrap:
+    """Loads state written by an earlier deployment the first time a key is seen.
+
+    A document stamped with our own lineage but absent from our snapshot was
+    written after that snapshot by a run that then crashed: using it would
+    count the replayed events twice, so it is ignored (or its ``base`` copy,
+    the earlier deployment's version, is used instead).
+    """
+
+    def __init__(self, loader: Loader, lineage: str, cfg: StateConfig) -> None:
+        self.loader = loader
+        self.lineage = lineage
+        self.cfg = cfg
+
+    def load(self, keys: list[str]) -> dict[str, tuple[CustomerState, bytes | None]]:
+        """States found for ``keys``, each with the foreign bytes to keep as base copy."""
+        found: dict[str, tuple[CustomerState, bytes | None]] = {}
+        redis_keys = [state_key(k) for k in keys] + [base_key(k) for k in keys]
+        values = self.loader(redis_keys)
+        n = len(keys)
+        for i, key in enumerate(keys):
+            raw, base = values[i], values[n + i]
+            if raw is not None:
+                doc = orjson.loads(raw)
+                if doc.get("lin") != self.lineage:
+                    found[key] = (CustomerState.from_doc(doc, self.cfg), raw)
+                    continue
+            if base is not None:
+                found[key] = (CustomerState.from_doc(orjson.loads(base), self.cfg), base)
+        return found
+
+
+class _Shard(StatefulBatchLogic):
+    """Shared machinery: hot states, watermark, expiry, batched writes, snapshots."""
+
+    step = "shard"
+
+    def __init__(self, cfg: ShardConfig, resume: bytes | None,
+                 bootstrap: Bootstrap | None) -> None:
+        self.cfg = cfg
+        self.bootstrap = bootstrap
+        self.states: dict[str, CustomerState] = {}
+        self.watermark = Watermark(cfg.lateness_ms, cfg.idle_after_s)
+        self.expiry: list[tuple[int, str]] = []
+        self.timers: list[tuple[int, str]] = []
+        self.bases: dict[str, bytes] = {}   # bootstrap copies still to write once
+        self.last_clock = self.watermark.value
+        if resume is not None:
+            self._restore(pickle.loads(resume))
+        self.dirty: set[str] = set()
+
+    # -- hooks for subclasses
+    def _restore(self, snap: dict[str, Any]) -> None:
+        self.states = snap["states"]
+        self.watermark = snap["watermark"]
+        self.expiry = snap["expiry"]
+        self.timers = snap["timers"]
+        self.bases = snap["bases"]
+        self.last_clock = self.watermark.value
+
+    def _snapshot_dict(self) -> dict[str, Any]:
+        return {"states": self.states, "watermark": self.watermark, "expiry": self.expiry,
+                "timers": self.timers, "bases": self.bases}
+
+    def snapshot(self) -> bytes:
+        """An immutable copy (bytes) of the whole shard for Bytewax recovery."""
+        return pickle.dumps(self._snapshot_dict(), protocol=pickle.HIGHEST_PROTOCOL)
+
+    # -- state access
+    def _prefetch(self, keys: Iterable[str]) -> None:
+        if self.bootstrap is None:
+            return
+        missing = [k for k in set(keys) if k not in self.states]
+        if not missing:
+            return
+        for key, (state, raw) in self.bootstrap.load(missing).items():
+            self.states[key] = state
+            heapq.heappush(self.expiry, (state.max_ts + self.cfg.state.inactive_ttl_ms, key))
+            if raw is not None:
+                self.bases[key] = raw
+
+    def _state(self, key: str) -> CustomerState:
+        state = self.states.get(key)
+        if state is None:
+            state = self.states[key] = CustomerState(key, self.cfg.state)
+            # Armed once; re-armed lazily when it comes due (see _expire).
+            heapq.heappush(self.expiry, (self.cfg.state.inactive_ttl_ms, key))
+        return state
+
+    # -- time
+    def _expire(self, out: list[Any]) -> None:
+        """Drop what has been inactive for the TTL, in event time."""
+        wm = self.watermark.value
+        heap = self.expiry
+        while heap and heap[0][0] <= wm:
+            _, key = heapq.heappop(heap)
+            rearm = self._expire_one(key, wm, out)
+            if rearm is not None:
+                heapq.heappush(heap, (rearm, key))
+
+    def _expire_one(self, key: str, wm: int, out: list[Any]) -> int | None:
+        """Expire ``key`` if inactive, else return when to look again."""
+        state = self.states.get(key)
+        if state is None:
+            return None
+        ttl = self.cfg.state.inactive_ttl_ms
+        if state.max_ts + ttl > wm:
+            return state.max_ts + ttl
+        del self.states[key]
+        self.dirty.discard(key)
+        self.bases.pop(key, None)
+        metrics.CUSTOMERS_EXPIRED.inc()
+        out.append(RedisWrite(state_key(key), None))
+        self._on_expired(key, state, out)
+        return None
+
+    def _on_expired(self, key: str, state: CustomerState, out: list[Any]) -> None:
+        """Subclasses drop what else belongs to an expired key."""
+
+    def _flush(self, out: list[Any]) -> None:
+        lineage = self.cfg.lineage
+        dumps = orjson.dumps
+        opt = orjson.OPT_NON_STR_KEYS
+        for key in self.dirty:
+            state = self.states.get(key)
+            if state is None:
+                continue
+            doc = state.to_doc()
+            doc["lin"] = lineage
+            out.append(RedisWrite(state_key(key), dumps(doc, option=opt)))
+            base = self.bases.pop(key, None)
+            if base is not None:
+                out.append(RedisWrite(base_key(key), base))
+        self.dirty.clear()
+        # The published clock is a reading aid for `engage profile`; a minute
+        # of event time is fine enough and spares a record per shard per batch.
+        if self.watermark.value >= self.last_clock + CLOCK_STEP_MS:
+            self.last_clock = self.watermark.value
+            out.append(Clock(self.last_clock))
+        metrics.CUSTOMERS_HOT.labels(self.step).set(len(self.states))
+
+    def on_eof(self) -> tuple[Iterable[Any], bool]:
+        """Input ended: for bounded input, let event time reach the last event and fire."""
+        if not self.cfg.finish_on_eof:
+            return (), StatefulBatchLogic.RETAIN
+        self.watermark.finish()
+        out: list[Any] = []
+        self._advance(out)
+        self._flush(out)
+        return out, StatefulBatchLogic.RETAIN
+
+    def _advance(self, out: list[Any]) -> None:
+        self._expire(out)
+
+
+class CustomerShard(_Shard):
+    """Customers' state, cart reminders and the actions they cause.
+
+    Takes :class:`Event` (already attributed to a customer), :class:`Merge`
+    from the identity step, and :class:`Tick` (event-time progress).
+    """
+
+    step = "customers"
+
+    def _restore(self, snap: dict[str, Any]) -> None:
+        super()._restore(snap)
+        self.scheduled: dict[str, int] = snap["scheduled"]
+
+    def _snapshot_dict(self) -> dict[str, Any]:
+        snap = super()._snapshot_dict()
+        snap["scheduled"] = self.scheduled
+        return snap
+
+    def __init__(self, cfg: ShardConfig, resume: bytes | None,
+                 bootstrap: Bootstrap | None = None) -> None:
+        self.scheduled = {}
+        super().__init__(cfg, resume, bootstrap)
+
+    def on_batch(self, items: list[Any]) -> tuple[Iterable[Any], bool]:
+        """Apply events and merges, advance event time, fire timers, write state."""
+        started = time.perf_counter()
+        out: list[Any] = []
+        if self.bootstrap is not None:
+            self._prefetch(i.user_id if type(i) is Event else i.customer
+                           for i in items if type(i) is not Tick)
+        cfg = self.cfg.state
+        states = self.states
+        dirty = self.dirty
+        for item in items:
+            kind = type(item)
+            if kind is Event:
+                key = item.user_id
+                state = states.get(key) or self._state(key)
+                before = state.pending
+                before_due = before.due if before is not None else None
+                state.apply(item, cfg)
+                dirty.add(key)
+                if item.late:
+                    metrics.LATE_EVENTS.inc()
+                pending = state.pending
+                if pending is not None and pending.due != before_due:
+                    self._schedule(key, pending.due)
+            elif kind is Tick:
+                self.watermark.update(item)
+            elif kind is Merge:
+                state = self._state(item.customer)
+                if item.state is not None:
+                    state.merge(item.state, cfg)
+                if item.anonymous_id not in state.anon_ids:
+                    state.anon_ids.append(item.anonymous_id)
+                dirty.add(item.customer)
+                if state.pending is not None:
+                    self._schedule(item.customer, state.pending.due)
+        self._advance(out)
+        self._flush(out)
+        metrics.PENDING_TIMERS.labels(self.step).set(len(self.scheduled))
+        metrics.BATCH_SECONDS.labels(self.step).observe(time.perf_counter() - started)
+        return out, StatefulBatchLogic.RETAIN
+
+    def _schedule(self, key: str, due: int) -> None:
+        if self.scheduled.get(key) != due:
+            self.scheduled[key] = due
+            heapq.heappush(self.timers, (due, key))
+
+    def _advance(self, out: list[Any]) -> None:
+        wm = self.watermark.value
+        heap = self.timers
+        while heap and heap[0][0] <= wm:
+            due, key = heapq.heappop(heap)
+            if self.scheduled.get(key) != due:
+                continue  # rescheduled or cancelled since
+            del self.scheduled[key]
+            state = self.states.get(key)
+            pending = state.pending if state is not None else None
+            if pending is None or pending.due != due:
+                continue
+            state.pending = None
+            self.dirty.add(key)
+            if state.cart:
+                self._fire(state, pending, out)
+        self._expire(out)
+
+    def _fire(self, state: CustomerState, pending: Any, out: list[Any]) -> None:
+        decided = int(time.time() * 1000) if self.cfg.live else pending.due
+        verdict, doc = cart_abandon.decide(state, pending, self.cfg.state.cart_abandon_after_ms,
+                                          decided)
+        value = cart_abandon.encode(doc)
+        if verdict == "send":
+            metrics.ACTIONS_SENT.labels(doc["rule_id"], doc["channel"]).inc()
+            out.append(Emit(self.cfg.actions_topic, state.key.encode(), value))
+        else:
+            metrics.ACTIONS_SUPPRESSED.labels(doc["rule_id"], doc["reason"]).inc()
+            out.append(Emit(self.cfg.audit_topic, state.key.encode(), value))
+
+    def _on_expired(self, key: str, state: CustomerState, out: list[Any]) -> None:
+        self.scheduled.pop(key, None)
+
+
+class DeviceLinks:
+    """What the identity step knows of one device: its link and link history."""
+
+    __slots__ = ("linked", "history", "last_ts")
+
+    def __init__(self) -> None:
+        self.linked: str | None = None
+        self.history: list[str] = []
+        self.last_ts = 0
+
+    def __getstate__(self) -> tuple:
+        return (self.linked, self.history, self.last_ts)
+
+    def __setstate__(self, state: tuple) -> None:
+        self.linked, self.history, self.last_ts = state
+
+
+class IdentityShard(_Shard):
+    """Devices: links to customers, and the history of devices not yet linked.
+
+    Takes events that carry an ``anonymous_id`` and either no ``user_id`` or a
+    linking type (``login``/``register`` with both ids). Emits events
+    re-attributed to the linked customer and :class:`Merge` records, which the
+    flow routes on to the customer shards, plus the devices' own state writes.
+
+    Guard against over-merging: a device already linked to
+    ``max_links_per_device`` distinct customers (a shop's shared tablet) links
+    to no further ones; the refusal is counted.
+    """
+
+    step = "identity"
+
+    def __init__(self, cfg: ShardConfig, resume: bytes | None,
+                 bootstrap: Bootstrap | None = None) -> None:
+        self.devices: dict[str, DeviceLinks] = {}
+        super().__init__(cfg, resume, bootstrap)
+
+    def _restore(self, snap: dict[str, Any]) -> None:
+        super()._restore(snap)
+        self.devices = snap["devices"]
+
+    def _snapshot_dict(self) -> dict[str, Any]:
+        snap = super()._snapshot_dict()
+        snap["devices"] = self.devices
+        return snap
+
+    def on_batch(self, items: list[Any]) -> tuple[Iterable[Any], bool]:
+        """Link, re-attribute or keep each device event; advance event time."""
+        started = time.perf_counter()
+        out: list[Any] = []
+        cfg = self.cfg.state
+        if self.bootstrap is not None:
+            self._prefetch(anon_key(i.anonymous_id) for i in items if type(i) is Event)
+        for item in items:
+            if type(item) is Tick:
+                self.watermark.update(item)
+                continue
+            anon = item.anonymous_id
+            device = self.devices.get(anon)
+            if device is None:
+                device = self.devices[anon] = DeviceLinks()
+                heapq.heappush(self.expiry, (item.ts + cfg.inactive_ttl_ms, "@" + anon))
+            if item.ts > device.last_ts:
+                device.last_ts = item.ts
+            if item.user_id is not None:
+                self._link(anon, device, item, out)
+            elif device.linked is not None:
+                out.append(item.with_user(device.linked))
+            else:
+                key = anon_key(anon)
+                state = self.states.get(key) or self._state(key)
+                state.apply(item, cfg)
+                if item.late:
+                    metrics.LATE_EVENTS.inc()
+                self.dirty.add(key)
+        self._advance(out)
+        self._flush(out)
+        metrics.BATCH_SECONDS.labels(self.step).observe(time.perf_counter() - started)
+        return out, StatefulBatchLogic.RETAIN
+
+    def _link(self, anon: str, device: DeviceLinks, event: Event, out: list[Any]) -> None:
+        customer = event.user_id
+        assert customer is not None
+        if customer not in device.history:
+            if len(device.history) >= self.cfg.max_links_per_device:
+                metrics.IDENTITY_LINKS.labels("refused").inc()
+                out.append(event)  # the customer's own login still counts for them
+                return
+            device.history.append(customer)
+        if device.linked != customer:
+            device.linked = customer
+            metrics.IDENTITY_LINKS.labels("linked").inc()
+            key = anon_key(anon)
+            state = self.states.pop(key, None)
+            self.dirty.discard(key)
+            self.bases.pop(key, None)
+            if state is not None:
+                out.append(RedisWrite(state_key(key), None))
+            out.append(RedisWrite(link_key(anon), customer.encode()))
+            # The merge travels ahead of the login on the same route, so the
+            # customer's shard sees the device's history first.
+            out.append(Merge(customer, anon, state, event.event_id))
+        out.append(event)
+
+    def _expire_one(self, key: str, wm: int, out: list[Any]) -> int | None:
+        # Device entries ("@" + id) and device states ("~" + id) share the heap.
+        if not key.startswith("@"):
+            return super()._expire_one(key, wm, out)
+        anon = key[1:]
+        device = self.devices.get(anon)
+        if device is None:
+            return None
+        ttl = self.cfg.state.inactive_ttl_ms
+        if device.last_ts + ttl > wm:
+            return device.last_ts + ttl
+        del self.devices[anon]
+        if device.linked is not None:
+            out.append(RedisWrite(link_key(anon), None))
+        return None

@@ -1,0 +1,88 @@
+"""``engage profile``: one customer's merged view, read from Redis.
+
+Window values are computed at the engine's published event-time clock (or
+the customer's last event, whichever is later), so they match what the
+engine itself would see now.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import orjson
+
+from engage.config import Settings
+from engage.connectors.redis_store import connect, read_clock, read_customer
+from engage.rules.cart_abandon import iso
+from engage.state.customer import CustomerState
+
+
+def build_view(settings: Settings, customer_key: str, doc: dict[str, Any],
+               clock: int | None) -> dict[str, Any]:
+    """The profile as a plain dict (what ``--json`` prints)."""
+    cfg = settings.state_config()
+    state = CustomerState.from_doc(doc, cfg)
+    ref = max(clock or 0, state.max_ts)
+    windows = state.windows(cfg, ref)
+    spend = cfg.spend.values(state.spend, ref)
+    return {
+        "customer": customer_key,
+        "ids": {"customer": None if customer_key.startswith("~") else customer_key,
+                "devices": state.anon_ids if not customer_key.startswith("~") else [customer_key[1:]]},
+        "as_of": iso(ref) if ref else None,
+        "windows": windows,
+        "spend": {w: round(v, 2) for w, v in spend.items()},
+        "lifetime": {"events": state.lifetime, "orders": state.orders,
+                     "spend": round(state.spend_total, 2),
+                     "first_order": iso(state.first_order_ts) if state.first_order_ts else None,
+                     "last_order": iso(state.last_order_ts) if state.last_order_ts else None,
+                     "late_events": state.late_events},
+        "cart": [{"sku": sku, "quantity": line[0], "price": line[1], "category": line[2],
+                  "added": iso(line[3])} for sku, line in sorted(state.cart.items())],
+        "cart_reminder_due": iso(state.pending.due) if state.pending else None,
+        "last_seen": {t: iso(ts) for t, ts in sorted(state.last_seen.items())},
+        "profile": {k: v[0] for k, v in state.profile.items()},
+        "consent": {k: v[0] for k, v in state.consent.items()},
+    }
+
+
+def render(view: dict[str, Any]) -> str:
+    """Human-readable text of :func:`build_view`."""
+    lines = [f"customer  {view['customer']}", f"devices   {', '.join(view['ids']['devices']) or '-'}",
+             f"as of     {view['as_of']}"]
+    life = view["lifetime"]
+    lines.append(f"orders    {life['orders']} (spend {life['spend']}), first {life['first_order'] or '-'}, "
+                 f"last {life['last_order'] or '-'}")
+    lines.append("spend     " + ", ".join(f"{w}: {v}" for w, v in view["spend"].items()))
+    lines.append("windows   (count per window)")
+    for name, values in view["windows"].items():
+        lines.append(f"  {name:32s} " + "  ".join(f"{w}={v:g}" for w, v in values.items()))
+    lines.append(f"cart      {len(view['cart'])} line(s)" +
+                 (f", reminder due {view['cart_reminder_due']}" if view["cart_reminder_due"] else ""))
+    for line in view["cart"]:
+        lines.append(f"  {line['sku']:12s} x{line['quantity']}  {line['price']}  {line['category']}")
+    lines.append("last seen")
+    for etype, ts in view["last_seen"].items():
+        lines.append(f"  {etype:18s} {ts}")
+    if view["profile"]:
+        lines.append("profile   " + ", ".join(f"{k}={v}" for k, v in view["profile"].items()))
+    if view["consent"]:
+        lines.append("consent   " + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in view["consent"].items()))
+    return "\n".join(lines)
+
+
+def show_profile(settings: Settings, some_id: str, as_json: bool = False) -> int:
+    """Print the view; exit code 1 when the customer is unknown."""
+    client = connect(settings.redis_url or "")
+    found = read_customer(client, some_id)
+    if found is None:
+        print(f"engage profile: no customer or device {some_id!r} in Redis", file=sys.stderr)
+        return 1
+    key, doc = found
+    view = build_view(settings, key, doc, read_clock(client))
+    if as_json:
+        sys.stdout.write(orjson.dumps(view, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(render(view))
+    return 0

@@ -1,0 +1,1 @@
+"""Triggers that turn customer state into actions."""

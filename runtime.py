@@ -1,0 +1,132 @@
+"""Assembles a running engine: settings -> connectors -> dataflow -> Bytewax execution.
+
+The only module that knows all the parts; ``cli.py`` calls it, tests and the
+benchmark call it too, so they run exactly what production runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+from bytewax._bytewax import cli_main
+from bytewax.dataflow import Dataflow
+from bytewax.recovery import RecoveryConfig, init_db_dir
+from confluent_kafka.admin import AdminClient
+
+from engage.config import Settings
+from engage.connectors.kafka import STOP_READING, EventSource, KafkaTopicsSink, client_config
+from engage.connectors.redis_store import RedisStateSink, connect, has_state, make_loader
+from engage.flows.engagement import build_flow
+from engage.monitoring.server import OpsServer
+from engage.operators.shards import Bootstrap
+
+log = logging.getLogger("engage")
+
+LINEAGE_FILE = "engage-lineage.json"
+
+
+def lineage(settings: Settings, from_end: bool) -> tuple[str, bool]:
+    """This deployment's lineage id, and whether to bootstrap state from Redis.
+
+    With recovery, both are fixed when the recovery directory is created and
+    kept in it, so every restart of the deployment agrees on them.
+    Bootstrapping only makes sense when the engine takes over from the end of
+    the topic; replaying from the beginning rebuilds state from the events.
+    """
+    def decide() -> dict[str, Any]:
+        existing = has_state(connect(settings.redis_url or ""))
+        if existing and not from_end:
+            log.warning("Redis already holds customer state; replaying the topic from the "
+                        "beginning rebuilds it from events and overwrites it "
+                        "(use --start-from end to take it over instead)")
+        return {"lineage": uuid.uuid4().hex[:12], "bootstrap": bool(existing and from_end)}
+
+    if not settings.recovery_dir:
+        info = decide()
+        return info["lineage"], info["bootstrap"]
+    path = Path(settings.recovery_dir) / LINEAGE_FILE
+    if not path.exists():
+        info = decide()
+        path.write_bytes(orjson.dumps(info))
+    info = orjson.loads(path.read_bytes())
+    return info["lineage"], info["bootstrap"]
+
+
+def prepare_recovery(settings: Settings) -> RecoveryConfig | None:
+    """Create and initialise the recovery directory on first use."""
+    if not settings.recovery_dir:
+        return None
+    path = Path(settings.recovery_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    if not any(path.glob("part-*.sqlite3")):
+        init_db_dir(path, max(1, settings.workers * settings.processes))
+    return RecoveryConfig(str(path))
+
+
+def engine_flow(settings: Settings, stop_at_end: bool = False, from_end: bool = False) -> Dataflow:
+    """The production dataflow against the configured Kafka and Redis."""
+    if not settings.kafka_bootstrap or not settings.redis_url:
+        raise ValueError("ENGAGE_KAFKA_BOOTSTRAP and ENGAGE_REDIS_URL must be set "
+                         "(or use `engage demo`, which starts both)")
+    line, boot = lineage(settings, from_end)
+    bootstrap = (Bootstrap(make_loader(settings.redis_url), line, settings.state_config())
+                 if boot else None)
+    source = EventSource(settings.kafka_bootstrap, batch_size=settings.batch_size,
+                         stop_at_end=stop_at_end, extra=settings.kafka_config, from_end=from_end)
+    flow = build_flow(settings, source,
+                      RedisStateSink(settings.redis_url, settings.ms("inactive_ttl") // 1000),
+                      KafkaTopicsSink(settings.kafka_bootstrap, settings.kafka_config),
+                      lineage=line, bootstrap=bootstrap, finish_on_eof=stop_at_end)
+    return flow
+
+
+def readiness_checks(settings: Settings) -> dict[str, Any]:
+    """What /readyz checks: Redis answers PING, Kafka answers a metadata request."""
+    client = connect(settings.redis_url or "")
+    admin = AdminClient(client_config(settings.kafka_bootstrap or "", settings.kafka_config))
+
+    def redis_ok() -> None:
+        client.ping()
+
+    def kafka_ok() -> None:
+        admin.list_topics(timeout=2.0)
+
+    return {"redis": redis_ok, "kafka": kafka_ok}
+
+
+def run_engine(settings: Settings, stop_at_end: bool = False, from_end: bool = False,
+               serve_ops: bool = True) -> None:
+    """Run until interrupted (or, with ``stop_at_end``, until the input is read)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.info("starting engine with %s", settings.redacted())
+    recovery = prepare_recovery(settings)
+    flow = engine_flow(settings, stop_at_end=stop_at_end, from_end=from_end)
+    ops = None
+    if serve_ops and settings.metrics_port:
+        ops = OpsServer(settings.metrics_port, readiness_checks(settings)).start()
+        log.info("metrics on http://127.0.0.1:%d/metrics", ops.port)
+    kwargs: dict[str, Any] = {
+        "workers_per_process": settings.workers,
+        "epoch_interval": timedelta(milliseconds=settings.ms("snapshot_interval")),
+        "recovery_config": recovery,
+    }
+    if settings.addresses:
+        kwargs["process_id"] = settings.process_id or 0
+        kwargs["addresses"] = list(settings.addresses)
+    def stop(signum: int, _frame: object) -> None:
+        log.info("signal %d: stopping after the batches in flight", signum)
+        STOP_READING.set()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        cli_main(flow, **kwargs)
+    finally:
+        if ops is not None:
+            ops.stop()

@@ -1,0 +1,1 @@
+"""A simulated storefront that produces realistic event streams."""

@@ -1,0 +1,1 @@
+"""Per-customer state: sliding windows, carts, orders, and its Redis key layout."""

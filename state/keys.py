@@ -1,0 +1,43 @@
+"""Where customer state lives in Redis.
+
+Every key of one customer carries the customer id as a Redis Cluster hash tag
+(``{...}``), so all of a customer's keys share a slot.
+"""
+
+from __future__ import annotations
+
+PREFIX = "engage"
+
+
+def state_key(customer_key: str) -> str:
+    """The JSON state document of a customer (or of an anonymous device ``~id``).
+
+    >>> state_key("c-1001")
+    'engage:c:{c-1001}'
+    """
+    return f"{PREFIX}:c:{{{customer_key}}}"
+
+
+def base_key(customer_key: str) -> str:
+    """A copy of state written by an earlier deployment, kept until this one snapshots it."""
+    return f"{PREFIX}:base:{{{customer_key}}}"
+
+
+def link_key(anonymous_id: str) -> str:
+    """The customer a device is linked to.
+
+    >>> link_key("d-9c2e")
+    'engage:link:{d-9c2e}'
+    """
+    return f"{PREFIX}:link:{{{anonymous_id}}}"
+
+
+CLOCK_KEY = f"{PREFIX}:clock"
+"""The largest event-time watermark any shard has reached (epoch ms)."""
+
+STATE_PATTERN = f"{PREFIX}:c:*"
+
+
+def customer_of_state_key(key: str) -> str:
+    """Inverse of :func:`state_key`."""
+    return key[len(PREFIX) + 4:-1]
