@@ -26,6 +26,7 @@ def build_view(settings: Settings, customer_key: str, doc: dict[str, Any],
     ref = max(clock or 0, state.max_ts)
     windows = state.windows(cfg, ref)
     spend = cfg.spend.values(state.spend, ref)
+    cart = state.cart.view(ref, cfg.cart_abandon_after_ms)
     return {
         "customer": customer_key,
         "ids": {"customer": None if customer_key.startswith("~") else customer_key,
@@ -39,8 +40,8 @@ def build_view(settings: Settings, customer_key: str, doc: dict[str, Any],
                      "last_order": iso(state.last_order_ts) if state.last_order_ts else None,
                      "late_events": state.late_events},
         "cart": [{"sku": sku, "quantity": line[0], "price": line[1], "category": line[2],
-                  "added": iso(line[3])} for sku, line in sorted(state.cart.items())],
-        "cart_reminder_due": iso(state.pending.due) if state.pending else None,
+                  "added": iso(line[3])} for sku, line in sorted(cart["lines"].items())],
+        "cart_reminder_due": iso(cart["reminder"][0]) if "reminder" in cart else None,
         "last_seen": {t: iso(ts) for t, ts in sorted(state.last_seen.items())},
         "profile": {k: v[0] for k, v in state.profile.items()},
         "consent": {k: v[0] for k, v in state.consent.items()},

@@ -81,6 +81,7 @@ class _EventPartition(StatefulSourcePartition[RawRecord, int]):
                 TopicPartition(topic, partition), timeout=10.0)
         self.consumer.assign([TopicPartition(topic, partition, self.next_offset)])
         self.end: int | None = None
+        self.at_end = False
         if stop_at_end:
             _, self.end = self.consumer.get_watermark_offsets(
                 TopicPartition(topic, partition), timeout=10.0)
@@ -88,10 +89,7 @@ class _EventPartition(StatefulSourcePartition[RawRecord, int]):
         self.label = str(partition)
 
     def next_batch(self) -> list[RawRecord]:
-        if STOP_READING.is_set():
-            raise StopIteration()
-        if self.end is not None and (self.end == 0
-                                     or (self.next_offset >= 0 and self.next_offset >= self.end)):
+        if STOP_READING.is_set() or self.at_end:
             raise StopIteration()
         msgs = self.consumer.consume(self.batch_size, 0.05)
         batch: list[RawRecord] = []
@@ -101,6 +99,12 @@ class _EventPartition(StatefulSourcePartition[RawRecord, int]):
             err = m.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
+                    # Only bounded runs ask for EOF events. We stop on the
+                    # fetch's end-of-partition rather than on the offset
+                    # ListOffsets gave at start: the embedded broker reports
+                    # the last batch's base offset there, not the end.
+                    if self.end is not None and m.offset() >= self.end:
+                        self.at_end = True
                     continue
                 raise RuntimeError(f"error reading {self.topic}[{self.partition}]: {err}")
             last = m.offset()
@@ -162,7 +166,7 @@ class EventSource(FixedPartitionedSource[RawRecord, int]):
         conf = client_config(self.bootstrap, {
             "group.id": "engage-engine",  # required by librdkafka; no group is joined
             "enable.auto.commit": False,
-            "enable.partition.eof": False,
+            "enable.partition.eof": self.stop_at_end,
             # The embedded broker holds every fetch for the full wait: keep it short.
             "fetch.wait.max.ms": 20,
             "queued.min.messages": 20000,
@@ -208,32 +212,34 @@ class KafkaTopicsSink(DynamicSink[Emit]):
         return _ProducerPartition(Producer(self.conf))
 
 
-def read_topic(bootstrap: str, topic: str, timeout: float = 5.0,
+def read_topic(bootstrap: str, topic: str, timeout: float = 10.0,
                extra: dict[str, str] | None = None) -> list[Any]:
     """Every message currently in ``topic`` (all partitions, from the start).
 
-    Uses ``assign()``: joining a consumer group takes ~20 s on the embedded broker.
+    Uses ``assign()``: joining a consumer group takes ~20 s on the embedded
+    broker. Reads each partition to its end-of-partition event.
     """
     admin = AdminClient(client_config(bootstrap, extra))
     meta = admin.list_topics(topic, timeout=timeout).topics[topic]
     consumer = Consumer(client_config(bootstrap, {"group.id": "engage-reader",
                                                   "enable.auto.commit": False,
+                                                  "enable.partition.eof": True,
                                                   "fetch.wait.max.ms": 20, **(extra or {})}))
-    ends: dict[int, int] = {}
-    for p in meta.partitions:
-        _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
-        if high > 0:
-            ends[p] = high
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
     out: list[Any] = []
-    deadline = time.monotonic() + timeout + 0.001 * sum(ends.values())
-    done: dict[int, int] = {p: 0 for p in ends}
-    while any(done[p] < ends[p] for p in ends) and time.monotonic() < deadline:
+    pending = set(meta.partitions)
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
         for m in consumer.consume(5000, 0.1):
-            if m.error() is None:
+            err = m.error()
+            if err is None:
                 out.append(m)
-                done[m.partition()] = m.offset() + 1
+            elif err.code() == KafkaError._PARTITION_EOF:
+                pending.discard(m.partition())
     consumer.close()
+    if pending:
+        raise TimeoutError(f"reading {topic}: partitions {sorted(pending)} did not reach their end "
+                           f"within {timeout}s")
     return out
 
 

@@ -170,21 +170,18 @@ class _Shard(StatefulBatchLogic):
         self.bases.pop(key, None)
         metrics.CUSTOMERS_EXPIRED.inc()
         out.append(RedisWrite(state_key(key), None))
-        self._on_expired(key, state, out)
         return None
-
-    def _on_expired(self, key: str, state: CustomerState, out: list[Any]) -> None:
-        """Subclasses drop what else belongs to an expired key."""
 
     def _flush(self, out: list[Any]) -> None:
         lineage = self.cfg.lineage
+        cfg = self.cfg.state
         dumps = orjson.dumps
         opt = orjson.OPT_NON_STR_KEYS
         for key in self.dirty:
             state = self.states.get(key)
             if state is None:
                 continue
-            doc = state.to_doc()
+            doc = state.to_doc(cfg)
             doc["lin"] = lineage
             out.append(RedisWrite(state_key(key), dumps(doc, option=opt)))
             base = self.bases.pop(key, None)
@@ -217,23 +214,14 @@ class CustomerShard(_Shard):
 
     Takes :class:`Event` (already attributed to a customer), :class:`Merge`
     from the identity step, and :class:`Tick` (event-time progress).
+
+    Every add to cart sets a timer at its time plus the abandonment delay.
+    When the watermark passes it, the reminder is decided on the cart as of
+    that instant (see :mod:`engage.state.cart`): it fires if that add is
+    still the latest one in a non-empty cart and no order came in between.
     """
 
     step = "customers"
-
-    def _restore(self, snap: dict[str, Any]) -> None:
-        super()._restore(snap)
-        self.scheduled: dict[str, int] = snap["scheduled"]
-
-    def _snapshot_dict(self) -> dict[str, Any]:
-        snap = super()._snapshot_dict()
-        snap["scheduled"] = self.scheduled
-        return snap
-
-    def __init__(self, cfg: ShardConfig, resume: bytes | None,
-                 bootstrap: Bootstrap | None = None) -> None:
-        self.scheduled = {}
-        super().__init__(cfg, resume, bootstrap)
 
     def on_batch(self, items: list[Any]) -> tuple[Iterable[Any], bool]:
         """Apply events and merges, advance event time, fire timers, write state."""
@@ -243,66 +231,68 @@ class CustomerShard(_Shard):
             self._prefetch(i.user_id if type(i) is Event else i.customer
                            for i in items if type(i) is not Tick)
         cfg = self.cfg.state
+        delay = cfg.cart_abandon_after_ms
         states = self.states
         dirty = self.dirty
+        timers = self.timers
         for item in items:
             kind = type(item)
             if kind is Event:
                 key = item.user_id
                 state = states.get(key) or self._state(key)
-                before = state.pending
-                before_due = before.due if before is not None else None
                 state.apply(item, cfg)
                 dirty.add(key)
                 if item.late:
                     metrics.LATE_EVENTS.inc()
-                pending = state.pending
-                if pending is not None and pending.due != before_due:
-                    self._schedule(key, pending.due)
+                elif item.type == "add_to_cart":
+                    heapq.heappush(timers, (item.ts + delay, key))
             elif kind is Tick:
                 self.watermark.update(item)
             elif kind is Merge:
                 state = self._state(item.customer)
                 if item.state is not None:
                     state.merge(item.state, cfg)
-                if item.anonymous_id not in state.anon_ids:
-                    state.anon_ids.append(item.anonymous_id)
+                    for ops in item.state.cart.ops.values():
+                        for op in ops:
+                            if op[1] > 0:
+                                heapq.heappush(timers, (op[0] + delay, item.customer))
+                state.add_device(item.anonymous_id)
                 dirty.add(item.customer)
-                if state.pending is not None:
-                    self._schedule(item.customer, state.pending.due)
         self._advance(out)
         self._flush(out)
-        metrics.PENDING_TIMERS.labels(self.step).set(len(self.scheduled))
+        metrics.PENDING_TIMERS.labels(self.step).set(len(timers))
         metrics.BATCH_SECONDS.labels(self.step).observe(time.perf_counter() - started)
         return out, StatefulBatchLogic.RETAIN
-
-    def _schedule(self, key: str, due: int) -> None:
-        if self.scheduled.get(key) != due:
-            self.scheduled[key] = due
-            heapq.heappush(self.timers, (due, key))
 
     def _advance(self, out: list[Any]) -> None:
         wm = self.watermark.value
         heap = self.timers
+        delay = self.cfg.state.cart_abandon_after_ms
         while heap and heap[0][0] <= wm:
             due, key = heapq.heappop(heap)
-            if self.scheduled.get(key) != due:
-                continue  # rescheduled or cancelled since
-            del self.scheduled[key]
             state = self.states.get(key)
-            pending = state.pending if state is not None else None
-            if pending is None or pending.due != due:
+            if state is None or due <= state.cart.reminded:
                 continue
-            state.pending = None
+            trigger = state.cart.trigger(due)
+            if trigger is None or trigger[0] + delay != due:
+                continue  # ordered, emptied, or a later add set a later reminder
+            state.cart.reminded = due
             self.dirty.add(key)
-            if state.cart:
-                self._fire(state, pending, out)
+            self._fire(state, due, trigger[1], out)
         self._expire(out)
 
-    def _fire(self, state: CustomerState, pending: Any, out: list[Any]) -> None:
-        decided = int(time.time() * 1000) if self.cfg.live else pending.due
-        verdict, doc = cart_abandon.decide(state, pending, self.cfg.state.cart_abandon_after_ms,
-                                          decided)
+    def _flush(self, out: list[Any]) -> None:
+        horizon = self.watermark.value - self.cfg.state.cart_abandon_after_ms
+        for key in self.dirty:
+            state = self.states.get(key)
+            if state is not None and state.cart.checkouts:
+                state.cart.compact(horizon)
+        super()._flush(out)
+
+    def _fire(self, state: CustomerState, due: int, trigger_ids: list[str], out: list[Any]) -> None:
+        decided = int(time.time() * 1000) if self.cfg.live else due
+        verdict, doc = cart_abandon.decide(state, due, trigger_ids,
+                                          self.cfg.state.cart_abandon_after_ms, decided)
         value = cart_abandon.encode(doc)
         if verdict == "send":
             metrics.ACTIONS_SENT.labels(doc["rule_id"], doc["channel"]).inc()
@@ -310,9 +300,6 @@ class CustomerShard(_Shard):
         else:
             metrics.ACTIONS_SUPPRESSED.labels(doc["rule_id"], doc["reason"]).inc()
             out.append(Emit(self.cfg.audit_topic, state.key.encode(), value))
-
-    def _on_expired(self, key: str, state: CustomerState, out: list[Any]) -> None:
-        self.scheduled.pop(key, None)
 
 
 class DeviceLinks:

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from engage.state.customer import CustomerState, PendingReminder
+from engage.state.customer import CustomerState
 from engage.state.windows import format_duration
 
 RULE_ID = "cart_abandon_24h"
@@ -68,33 +68,36 @@ def choose_channel(state: CustomerState) -> str | None:
     return None
 
 
-def decide(state: CustomerState, pending: PendingReminder, delay_ms: int,
+def decide(state: CustomerState, due: int, trigger_ids: list[str], delay_ms: int,
            decided_at_ms: int) -> tuple[str, dict[str, Any]]:
     """Build the action (``"send"``) or the suppressed decision (``"audit"``).
 
-    ``decided_at_ms`` is wall time in a live engine and event time in replays.
+    Everything but ``decided_at`` is computed as of the due time, so a replay
+    produces the same document. ``decided_at_ms`` is wall time in a live
+    engine and event time in replays.
     """
     version = rule_version(delay_ms)
     items = [{"sku": sku, "category": line[2], "price": line[1], "quantity": line[0]}
-             for sku, line in sorted(state.cart.items())]
+             for sku, line in sorted(state.cart.lines(due).items())]
     cart_value = round(sum(i["price"] * i["quantity"] for i in items), 2)
+    last_checkout = state.cart.last_checkout(due)
     channel = choose_channel(state)
     doc: dict[str, Any] = {
-        "action_id": action_id(RULE_ID, version, state.key, f"{pending.event_ids[-1]}@{pending.due}"),
+        "action_id": action_id(RULE_ID, version, state.key, f"{trigger_ids[-1]}@{due}"),
         "rule_id": RULE_ID,
         "rule_version": version,
         "user_id": state.key,
         "channel": channel,
         "payload": {"template": "cart_reminder", "items": items, "cart_value": cart_value},
         "decided_at": iso(decided_at_ms),
-        "trigger_ts": iso(pending.due),
-        "trigger_event_ids": list(pending.event_ids),
+        "trigger_ts": iso(due),
+        "trigger_event_ids": list(trigger_ids),
         "explain": {
             "trigger": f"add_to_cart, then no order_placed/order_paid within {format_duration(delay_ms)}",
             "cart_items": len(items),
             "cart_value": cart_value,
-            "last_add_ts": iso(pending.last_add),
-            "last_checkout_ts": iso(state.checkout_ts) if state.checkout_ts else None,
+            "last_add_ts": iso(due - delay_ms),
+            "last_order_ts": iso(last_checkout) if last_checkout else None,
         },
     }
     if channel is None:

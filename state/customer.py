@@ -8,16 +8,16 @@ order in which a merge and the customer's own events arrive.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from engage.events import CATEGORISED_TYPES, ORDER_TYPES, Event
+from engage.state.cart import Cart
 from engage.state.windows import HOUR_MS, WindowSet, levels_from_doc, parse_duration
 
 #: How many recent order ids are remembered to ignore a re-sent order.
 RECENT_ORDERS = 16
-#: How many triggering event ids a pending cart reminder keeps for tracing.
-TRIGGER_IDS = 10
+_CART_TYPES = frozenset({"add_to_cart", "remove_from_cart"}) | ORDER_TYPES
 
 
 @dataclass(frozen=True)
@@ -47,40 +47,23 @@ class StateConfig:
                            parse_duration(cart_abandon_after), parse_duration(inactive_ttl))
 
 
-@dataclass
-class PendingReminder:
-    """A cart that will be reminded about at ``due`` unless an order comes first."""
-
-    since: int          # event time of the first add since the last order
-    last_add: int       # event time of the latest add
-    due: int            # last_add + the abandonment delay
-    event_ids: list[str] = field(default_factory=list)
-
-    def to_doc(self) -> list[Any]:
-        """Compact JSON form."""
-        return [self.since, self.last_add, self.due, self.event_ids]
-
-    @staticmethod
-    def from_doc(doc: list[Any]) -> "PendingReminder":
-        """Inverse of :meth:`to_doc`."""
-        return PendingReminder(doc[0], doc[1], doc[2], list(doc[3]))
-
-
 class CustomerState:
     """Everything the engine knows about one customer, kept hot in its worker.
+
+    Every field is a sum, a maximum, a last-write-wins register or a set, so
+    the state depends on which events arrived, not on their order.
 
     >>> cfg = StateConfig.default()
     >>> s = CustomerState("c-1", cfg)
     >>> s.apply(Event("e1", "add_to_cart", 1_000_000, "c-1", None, "web",
     ...                {"sku": "S1", "category": "sofa", "price": 499.0}), cfg)
-    >>> s.cart["S1"][0], s.pending.due
-    (1, 87400000)
+    >>> s.cart.lines(s.max_ts)
+    {'S1': [1, 499.0, 'sofa', 1000000]}
     """
 
     __slots__ = ("key", "anon_ids", "counts", "spend", "lifetime", "last_seen", "cart",
                  "first_order_ts", "last_order_ts", "orders", "spend_total",
-                 "recent_orders", "max_ts", "pending", "profile", "consent",
-                 "late_events", "checkout_ts")
+                 "recent_orders", "max_ts", "profile", "consent", "late_events")
 
     def __init__(self, key: str, cfg: StateConfig) -> None:
         self.key = key
@@ -89,18 +72,16 @@ class CustomerState:
         self.spend = cfg.spend.empty()
         self.lifetime: dict[str, int] = {}
         self.last_seen: dict[str, int] = {}
-        self.cart: dict[str, list[Any]] = {}      # sku -> [quantity, price, category, ts]
+        self.cart = Cart()
         self.first_order_ts: int | None = None
         self.last_order_ts: int | None = None
         self.orders = 0
         self.spend_total = 0.0
-        self.recent_orders: list[str] = []
+        self.recent_orders: dict[str, int] = {}   # order id -> event time
         self.max_ts = 0
-        self.pending: PendingReminder | None = None
         self.profile: dict[str, list[Any]] = {}    # field -> [value, ts]
         self.consent: dict[str, list[Any]] = {}    # channel -> [granted, ts]
         self.late_events = 0
-        self.checkout_ts: int | None = None       # latest order placed or paid
 
     # ------------------------------------------------------------------ updates
     def apply(self, e: Event, cfg: StateConfig) -> None:
@@ -128,11 +109,22 @@ class CustomerState:
             if etype in CATEGORISED_TYPES:
                 self._count(etype + "|" + props["category"], ts, cfg.counts)
 
-        if etype == "add_to_cart":
-            self._add_to_cart(e, cfg)
-        elif etype == "remove_from_cart":
-            self._remove_from_cart(e)
-        elif etype == "order_paid":
+        # A late event must not move the cart: whether it came before or
+        # after a reminder was decided would depend on how partitions
+        # interleaved, and a replay must decide exactly as the live run did.
+        if not e.late and etype in _CART_TYPES:
+            if etype == "add_to_cart":
+                self.cart.add(props["sku"], ts, props.get("quantity") or 1, e.event_id,
+                              props["price"], props["category"])
+            elif etype == "remove_from_cart":
+                self.cart.add(props["sku"], ts, -(props.get("quantity") or 1), e.event_id,
+                              props["price"], props["category"])
+            else:
+                items = props.get("items")
+                skus = [i["sku"] for i in items if isinstance(i, dict) and i.get("sku")] \
+                    if items else None
+                self.cart.checkout(ts, skus or None)
+        if etype == "order_paid":
             self._order_paid(e, cfg)
         elif etype == "order_refunded":
             self._refund(e, cfg)
@@ -142,8 +134,6 @@ class CustomerState:
                     self._lww(self.profile, name, props[name], ts)
         elif etype == "consent_update":
             self._lww(self.consent, props["channel"], props["granted"], ts)
-        if etype in ORDER_TYPES:
-            self._order_closes_cart(e)
         if crossed_hour:
             self.prune(cfg)
 
@@ -156,51 +146,16 @@ class CustomerState:
     @staticmethod
     def _lww(target: dict[str, list[Any]], name: str, value: Any, ts: int) -> None:
         current = target.get(name)
-        if current is None or ts >= current[1]:
+        # Ties in event time go to the larger value, so arrival order never decides.
+        if current is None or (ts, repr(value)) > (current[1], repr(current[0])):
             target[name] = [value, ts]
-
-    def _add_to_cart(self, e: Event, cfg: StateConfig) -> None:
-        ts = e.ts
-        if self.checkout_ts is not None and ts <= self.checkout_ts:
-            return  # an add older than the last checkout was settled by it
-        props = e.props
-        qty = props.get("quantity") or 1
-        line = self.cart.get(props["sku"])
-        if line is None:
-            self.cart[props["sku"]] = [qty, props["price"], props["category"], ts]
-        else:
-            line[0] += qty
-            if ts >= line[3]:
-                line[1], line[3] = props["price"], ts
-        p = self.pending
-        if p is None:
-            self.pending = PendingReminder(ts, ts, ts + cfg.cart_abandon_after_ms, [e.event_id])
-        else:
-            p.since = min(p.since, ts)
-            if ts > p.last_add:
-                p.last_add = ts
-                p.due = ts + cfg.cart_abandon_after_ms
-            if e.event_id not in p.event_ids:
-                p.event_ids.append(e.event_id)
-                del p.event_ids[:-TRIGGER_IDS]
-
-    def _remove_from_cart(self, e: Event) -> None:
-        sku = e.props["sku"]
-        line = self.cart.get(sku)
-        if line is None:
-            return
-        line[0] -= e.props.get("quantity") or 1
-        if line[0] <= 0:
-            del self.cart[sku]
-        if not self.cart:
-            self.pending = None
 
     def _order_paid(self, e: Event, cfg: StateConfig) -> None:
         order_id = e.props["order_id"]
         if order_id in self.recent_orders:
             return  # the same order re-sent under a new event id: money counts once
-        self.recent_orders.append(order_id)
-        del self.recent_orders[:-RECENT_ORDERS]
+        self.recent_orders[order_id] = e.ts
+        self._trim_recent_orders()
         amount = float(e.props["amount"])
         self.orders += 1
         self.spend_total += amount
@@ -218,29 +173,15 @@ class CustomerState:
         if not e.late:
             cfg.spend.add(self.spend, e.ts, -amount)
 
-    def _order_closes_cart(self, e: Event) -> None:
-        """An order settles the cart and cancels a reminder due after it."""
-        items = e.props.get("items")
-        if items:
-            for item in items:
-                sku = item.get("sku") if isinstance(item, dict) else None
-                line = self.cart.get(sku) if sku else None
-                if line is not None and line[3] <= e.ts:
-                    del self.cart[sku]
-        else:
-            for sku in [s for s, line in self.cart.items() if line[3] <= e.ts]:
-                del self.cart[sku]
-        p = self.pending
-        if p is not None and p.since <= e.ts < p.due:
-            self.pending = None
-        if self.checkout_ts is None or e.ts > self.checkout_ts:
-            self.checkout_ts = e.ts
+    def _trim_recent_orders(self) -> None:
+        while len(self.recent_orders) > RECENT_ORDERS:
+            oldest = min(self.recent_orders, key=lambda o: (self.recent_orders[o], o))
+            del self.recent_orders[oldest]
 
     def merge(self, other: "CustomerState", cfg: StateConfig) -> None:
         """Fold ``other`` (a device's history) into this customer."""
         for anon in other.anon_ids:
-            if anon not in self.anon_ids:
-                self.anon_ids.append(anon)
+            self.add_device(anon)
         for name, levels in other.counts.items():
             mine = self.counts.get(name)
             if mine is None:
@@ -253,18 +194,10 @@ class CustomerState:
         for etype, ts in other.last_seen.items():
             if ts > self.last_seen.get(etype, 0):
                 self.last_seen[etype] = ts
-        for sku, line in other.cart.items():
-            mine_line = self.cart.get(sku)
-            if mine_line is None:
-                self.cart[sku] = list(line)
-            else:
-                mine_line[0] += line[0]
-                if line[3] > mine_line[3]:
-                    mine_line[1], mine_line[3] = line[1], line[3]
-        for order_id in other.recent_orders:
-            if order_id not in self.recent_orders:
-                self.recent_orders.append(order_id)
-        del self.recent_orders[:-RECENT_ORDERS]
+        self.cart.merge(other.cart)
+        for order_id, ts in other.recent_orders.items():
+            self.recent_orders.setdefault(order_id, ts)
+        self._trim_recent_orders()
         self.orders += other.orders
         self.spend_total += other.spend_total
         if other.first_order_ts is not None:
@@ -274,33 +207,17 @@ class CustomerState:
             self.last_order_ts = (other.last_order_ts if self.last_order_ts is None
                                   else max(self.last_order_ts, other.last_order_ts))
         self.max_ts = max(self.max_ts, other.max_ts)
-        if other.checkout_ts is not None and (self.checkout_ts is None
-                                              or other.checkout_ts > self.checkout_ts):
-            self.checkout_ts = other.checkout_ts
         self.late_events += other.late_events
         for name, (value, ts) in other.profile.items():
             self._lww(self.profile, name, value, ts)
         for channel, (granted, ts) in other.consent.items():
             self._lww(self.consent, channel, granted, ts)
-        self._merge_pending(other.pending)
 
-    def _merge_pending(self, theirs: PendingReminder | None) -> None:
-        if theirs is None:
-            return
-        if self.checkout_ts is not None and theirs.since <= self.checkout_ts < theirs.due:
-            return  # the customer ordered after the device's cart was built
-        mine = self.pending
-        if mine is None:
-            self.pending = PendingReminder(theirs.since, theirs.last_add, theirs.due,
-                                           list(theirs.event_ids))
-            return
-        mine.since = min(mine.since, theirs.since)
-        if theirs.last_add > mine.last_add:
-            mine.last_add, mine.due = theirs.last_add, theirs.due
-        for eid in theirs.event_ids:
-            if eid not in mine.event_ids:
-                mine.event_ids.append(eid)
-        del mine.event_ids[:-TRIGGER_IDS]
+    def add_device(self, anonymous_id: str) -> None:
+        """Record a device linked to this customer (kept sorted: a set, not a history)."""
+        if anonymous_id not in self.anon_ids:
+            self.anon_ids.append(anonymous_id)
+            self.anon_ids.sort()
 
     def prune(self, cfg: StateConfig) -> None:
         """Drop window buckets that have slid out of every window."""
@@ -322,7 +239,7 @@ class CustomerState:
         return cfg.counts.value(levels, window, ref_ts) if levels else 0
 
     # ------------------------------------------------------------------ storage
-    def to_doc(self) -> dict[str, Any]:
+    def to_doc(self, cfg: StateConfig) -> dict[str, Any]:
         """The JSON document stored in Redis (compact, but readable).
 
         Serialise with ``orjson.OPT_NON_STR_KEYS``: window buckets keep int keys.
@@ -340,22 +257,19 @@ class CustomerState:
             doc["anon_ids"] = self.anon_ids
         if any(self.spend):
             doc["spend"] = self.spend
-        if self.cart:
-            doc["cart"] = self.cart
+        cart = self.cart.view(self.max_ts, cfg.cart_abandon_after_ms)
+        if len(cart) > 1 or cart["lines"]:
+            doc["cart"] = cart
         if self.orders or self.spend_total:
             doc["orders"] = {"count": self.orders, "spend": round(self.spend_total, 2),
                              "first_ts": self.first_order_ts, "last_ts": self.last_order_ts,
                              "recent": self.recent_orders}
-        if self.pending is not None:
-            doc["pending"] = self.pending.to_doc()
         if self.profile:
             doc["profile"] = self.profile
         if self.consent:
             doc["consent"] = self.consent
         if self.late_events:
             doc["late"] = self.late_events
-        if self.checkout_ts is not None:
-            doc["checkout_ts"] = self.checkout_ts
         return doc
 
     @staticmethod
@@ -369,20 +283,17 @@ class CustomerState:
         s.anon_ids = list(doc.get("anon_ids", []))
         if "spend" in doc:
             s.spend = levels_from_doc(doc["spend"])
-        s.cart = {sku: list(line) for sku, line in doc.get("cart", {}).items()}
+        s.cart = Cart.from_view(doc.get("cart", {}))
         orders = doc.get("orders")
         if orders:
             s.orders = orders["count"]
             s.spend_total = orders["spend"]
             s.first_order_ts = orders["first_ts"]
             s.last_order_ts = orders["last_ts"]
-            s.recent_orders = list(orders.get("recent", []))
-        if doc.get("pending"):
-            s.pending = PendingReminder.from_doc(doc["pending"])
+            s.recent_orders = dict(orders.get("recent", {}))
         s.profile = {k: list(v) for k, v in doc.get("profile", {}).items()}
         s.consent = {k: list(v) for k, v in doc.get("consent", {}).items()}
         s.late_events = doc.get("late", 0)
-        s.checkout_ts = doc.get("checkout_ts")
         return s
 
     def __getstate__(self) -> tuple:

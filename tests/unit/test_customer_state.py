@@ -1,0 +1,129 @@
+"""Per-customer state: carts, orders, merges, storage round trip."""
+
+from __future__ import annotations
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engage.events import Event
+from engage.state.customer import CustomerState, StateConfig
+
+from helpers import DAY, HOUR, T0
+
+CFG = StateConfig.default()
+
+
+def ev(etype: str, ts: int, **props: object) -> Event:
+    return Event(f"{etype}-{ts}", etype, ts, "c", None, None, dict(props))
+
+
+def reminder(s: CustomerState) -> list | None:
+    return s.cart.view(s.max_ts, CFG.cart_abandon_after_ms).get("reminder")
+
+
+def test_an_order_inside_24h_settles_the_cart_and_its_reminder() -> None:
+    s = CustomerState("c", CFG)
+    s.apply(ev("add_to_cart", T0, sku="A", category="sofa", price=10.0), CFG)
+    assert reminder(s) == [T0 + 24 * HOUR, ["add_to_cart-%d" % T0]]
+    s.apply(ev("order_paid", T0 + 3 * HOUR, order_id="o1", amount=10.0,
+               items=[{"sku": "A", "price": 10.0}]), CFG)
+    assert reminder(s) is None and not s.cart.lines(s.max_ts)
+
+
+def test_an_order_of_other_items_leaves_the_rest_of_the_cart() -> None:
+    s = CustomerState("c", CFG)
+    s.apply(ev("add_to_cart", T0, sku="A", category="sofa", price=10.0), CFG)
+    s.apply(ev("add_to_cart", T0 + 1, sku="B", category="lamp", price=5.0), CFG)
+    s.apply(ev("order_paid", T0 + HOUR, order_id="o1", amount=5.0, items=[{"sku": "B"}]), CFG)
+    assert list(s.cart.lines(s.max_ts)) == ["A"]
+
+
+def test_a_later_add_pushes_the_reminder_back() -> None:
+    s = CustomerState("c", CFG)
+    s.apply(ev("add_to_cart", T0, sku="A", category="sofa", price=10.0), CFG)
+    s.apply(ev("add_to_cart", T0 + 2 * HOUR, sku="B", category="lamp", price=5.0), CFG)
+    due, ids = reminder(s)  # type: ignore[misc]
+    assert due == T0 + 26 * HOUR and len(ids) == 2
+
+
+def test_emptying_the_cart_cancels_the_reminder() -> None:
+    s = CustomerState("c", CFG)
+    s.apply(ev("add_to_cart", T0, sku="A", category="sofa", price=10.0), CFG)
+    s.apply(ev("remove_from_cart", T0 + 1, sku="A", category="sofa", price=10.0), CFG)
+    assert reminder(s) is None and not s.cart.lines(s.max_ts)
+
+
+def test_a_resent_order_counts_once_and_refunds_reduce_spend() -> None:
+    s = CustomerState("c", CFG)
+    s.apply(ev("order_paid", T0, order_id="o1", amount=100.0), CFG)
+    dup = ev("order_paid", T0 + 5, order_id="o1", amount=100.0)
+    dup.event_id = "another-id"
+    s.apply(dup, CFG)
+    s.apply(ev("order_refunded", T0 + DAY, order_id="o1", amount=30.0, reason="size"), CFG)
+    assert s.orders == 1 and s.spend_total == 70.0
+    assert s.first_order_ts == s.last_order_ts == T0
+    assert CFG.spend.values(s.spend, T0 + DAY) == {"30d": 70.0, "365d": 70.0}
+
+
+def test_late_events_count_in_lifetime_totals_but_not_in_windows() -> None:
+    s = CustomerState("c", CFG)
+    e = ev("order_paid", T0, order_id="o1", amount=50.0)
+    e.late = True
+    s.apply(e, CFG)
+    assert s.orders == 1 and s.spend_total == 50.0 and s.lifetime["order_paid"] == 1
+    assert CFG.spend.values(s.spend, T0) == {"30d": 0, "365d": 0}
+    assert s.count(CFG, "order_paid", "24h", T0) == 0 and s.late_events == 1
+
+
+def test_profile_and_consent_are_last_write_wins_in_event_time() -> None:
+    s = CustomerState("c", CFG)
+    s.apply(ev("consent_update", T0 + 10, channel="sms", granted=False), CFG)
+    s.apply(ev("consent_update", T0, channel="sms", granted=True), CFG)  # older, arrives later
+    s.apply(ev("profile_update", T0, timezone="Europe/Paris"), CFG)
+    assert s.consent["sms"][0] is False and s.profile["timezone"][0] == "Europe/Paris"
+
+
+def test_storage_round_trip_keeps_everything() -> None:
+    s = CustomerState("c", CFG)
+    for i, e in enumerate([ev("product_view", T0, sku="A", category="sofa"),
+                           ev("add_to_cart", T0 + 1, sku="A", category="sofa", price=10.0),
+                           ev("order_paid", T0 + 2 * DAY, order_id="o", amount=5.0),
+                           ev("consent_update", T0 + 3, channel="push", granted=True)]):
+        s.apply(e, CFG)
+    doc = orjson.loads(orjson.dumps(s.to_doc(CFG), option=orjson.OPT_NON_STR_KEYS))
+    back = CustomerState.from_doc(doc, CFG)
+    assert back.to_doc(CFG) == s.to_doc(CFG)
+
+
+EVENTS = st.lists(st.tuples(
+    st.sampled_from(["product_view", "add_to_cart", "order_paid", "search"]),
+    st.integers(0, 40 * DAY), st.sampled_from(["sofa", "lamp"])), max_size=30)
+
+
+def build(events: list[tuple[str, int, str]], key: str) -> CustomerState:
+    s = CustomerState(key, CFG)
+    for i, (etype, offset, cat) in enumerate(sorted(events, key=lambda x: x[1])):
+        props: dict[str, object] = {"sku": cat, "category": cat, "price": 1.0, "query": "q",
+                                    "order_id": f"{key}-{i}", "amount": 2.0}
+        s.apply(Event(f"{key}-{i}", etype, T0 + offset, key, None, None, props), CFG)
+    return s
+
+
+@settings(max_examples=80, deadline=None)
+@given(device=EVENTS, customer=EVENTS)
+def test_merging_a_device_gives_the_same_windows_and_totals_as_one_history(
+        device: list, customer: list) -> None:
+    merged = build(customer, "c")
+    merged.merge(build(device, "d"), CFG)
+    ref = T0 + 41 * DAY
+    counts = {}
+    for etype, offset, cat in device + customer:
+        counts[etype] = counts.get(etype, 0) + 1
+    assert merged.lifetime == counts
+    assert merged.orders == counts.get("order_paid", 0)
+    for name in ("product_view", "add_to_cart|sofa", "search"):
+        direct = sum(1 for etype, offset, cat in device + customer
+                     if (etype == name or f"{etype}|{cat}" == name)
+                     and ref // DAY - 30 < (T0 + offset) // DAY <= ref // DAY)
+        assert merged.count(CFG, name, "30d", ref) == direct
