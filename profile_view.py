@@ -25,8 +25,8 @@ def build_view(settings: Settings, customer_key: str, doc: dict[str, Any],
     state = CustomerState.from_doc(doc, cfg)
     ref = max(clock or 0, state.max_ts)
     windows = state.windows(cfg, ref)
-    spend = cfg.spend.values(state.spend, ref)
-    cart = state.cart.view(ref, cfg.cart_abandon_after_ms)
+    spend = state.spend_in(cfg, ref)
+    cart = state.cart.view(cfg.cart_abandon_after_ms)
     return {
         "customer": customer_key,
         "ids": {"customer": None if customer_key.startswith("~") else customer_key,

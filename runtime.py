@@ -6,6 +6,7 @@ benchmark call it too, so they run exactly what production runs.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import uuid
@@ -100,6 +101,20 @@ def readiness_checks(settings: Settings) -> dict[str, Any]:
     return {"redis": redis_ok, "kafka": kafka_ok}
 
 
+def tune_gc() -> None:
+    """Keep the cyclic garbage collector out of the hot path.
+
+    Customer state is millions of small dicts without reference cycles, so
+    reference counting frees it; a full collection would walk all of it
+    every few thousand allocations (measured: a third of the engine's time).
+    Young generations are still collected; objects alive at start-up are
+    frozen out of collection altogether.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 1000)
+
+
 def run_engine(settings: Settings, stop_at_end: bool = False, from_end: bool = False,
                serve_ops: bool = True) -> None:
     """Run until interrupted (or, with ``stop_at_end``, until the input is read)."""
@@ -107,6 +122,7 @@ def run_engine(settings: Settings, stop_at_end: bool = False, from_end: bool = F
     log.info("starting engine with %s", settings.redacted())
     recovery = prepare_recovery(settings)
     flow = engine_flow(settings, stop_at_end=stop_at_end, from_end=from_end)
+    tune_gc()
     ops = None
     if serve_ops and settings.metrics_port:
         ops = OpsServer(settings.metrics_port, readiness_checks(settings)).start()

@@ -18,12 +18,10 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, 
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from engage.monitoring import metrics
-from engage.operators.records import Emit
+from engage.operators.records import Emit, RawRecord
 
 log = logging.getLogger(__name__)
 
-RawRecord = tuple[int, int, Any, Any]
-"""``(partition, offset, key bytes, value bytes)`` as read from the input topic."""
 
 EVENTS_TOPIC = "engage.events"
 ACTIONS_TOPIC = "engage.actions"
@@ -169,7 +167,6 @@ class EventSource(FixedPartitionedSource[RawRecord, int]):
             "enable.partition.eof": self.stop_at_end,
             # The embedded broker holds every fetch for the full wait: keep it short.
             "fetch.wait.max.ms": 20,
-            "queued.min.messages": 20000,
             **self.extra,
         })
         return _EventPartition(conf, self.topic, int(for_part), resume_state, self.batch_size,

@@ -9,6 +9,8 @@ number of customers touched.
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from typing import Any
 
@@ -17,7 +19,7 @@ import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from engage.monitoring import metrics
-from engage.operators.records import Clock, RedisWrite
+from engage.operators.records import StateWrites
 from engage.state.keys import CLOCK_KEY, link_key, state_key
 
 log = logging.getLogger(__name__)
@@ -52,19 +54,38 @@ def connect(url: str) -> redis.Redis:
 
 
 class _StatePartition(StatelessSinkPartition[Any]):
+    """Hands each batch to a writer thread, so the next batch is computed while
+    Redis executes this one (Redis runs the script for as long as the engine
+    takes to compute a batch; waiting for it would halve the throughput).
+
+    At most :data:`IN_FLIGHT` batches wait; beyond that ``write_batch``
+    blocks, so a slow or unreachable Redis slows the intake instead of
+    piling up memory. A batch still in flight when the process dies is
+    written again after the restart: shards mark everything written since
+    their last snapshot as dirty when they are restored.
+    """
+
+    IN_FLIGHT = 2
+
     def __init__(self, client: redis.Redis, ttl_s: int) -> None:
         self.client = client
         self.ttl = str(ttl_s)
         self.script = client.register_script(_WRITE_BATCH)
+        self.queue: queue.Queue[tuple[list[str], list[Any], int, int] | None] = \
+            queue.Queue(self.IN_FLIGHT)
+        self.failure: BaseException | None = None
+        self.writer = threading.Thread(target=self._drain, name="redis-state-writer", daemon=True)
+        self.writer.start()
 
-    def write_batch(self, items: list[Any]) -> None:
+    def write_batch(self, items: list[StateWrites]) -> None:
+        if self.failure is not None:
+            raise RuntimeError("the Redis state writer stopped") from self.failure
         # Last write wins within a batch (a state set, then deleted on expiry).
         latest: dict[str, bytes | None] = {}
         clock = 0
         for item in items:
-            if type(item) is RedisWrite:
-                latest[item.key] = item.value
-            elif type(item) is Clock and item.watermark > clock:
+            latest.update(item.writes)
+            if item.watermark > clock:
                 clock = item.watermark
         if not latest and not clock:
             return
@@ -73,18 +94,30 @@ class _StatePartition(StatelessSinkPartition[Any]):
         keys = [k for k, _ in sets] + dels + [CLOCK_KEY]
         args: list[Any] = [self.ttl, len(sets), clock]
         args.extend(v for _, v in sets)
-        started = time.perf_counter()
-        self._call(keys, args)
-        metrics.STATE_WRITE_SECONDS.observe(time.perf_counter() - started)
-        metrics.STATE_KEYS_WRITTEN.labels("set").inc(len(sets))
-        if dels:
-            metrics.STATE_KEYS_WRITTEN.labels("del").inc(len(dels))
+        self.queue.put((keys, args, len(sets), len(dels)))
+
+    def _drain(self) -> None:
+        try:
+            while True:
+                job = self.queue.get()
+                if job is None:
+                    return
+                keys, args, n_set, n_del = job
+                started = time.perf_counter()
+                self._call(keys, args)
+                metrics.STATE_WRITE_SECONDS.observe(time.perf_counter() - started)
+                metrics.STATE_KEYS_WRITTEN.labels("set").inc(n_set)
+                if n_del:
+                    metrics.STATE_KEYS_WRITTEN.labels("del").inc(n_del)
+        except BaseException as exc:  # noqa: BLE001 - reported by the next write_batch
+            self.failure = exc
+            log.exception("Redis state writer failed")
 
     def _call(self, keys: list[str], args: list[Any]) -> None:
         """Write, retrying with backoff while Redis is unreachable.
 
-        Blocking here is deliberate: the dataflow stops taking input until
-        the state is written, so no accepted event is lost.
+        Retrying forever is deliberate: the queue fills, the dataflow stops
+        taking input until the state is written, and no accepted event is lost.
         """
         attempt = 0
         while True:
@@ -100,11 +133,16 @@ class _StatePartition(StatelessSinkPartition[Any]):
                 attempt += 1
 
     def close(self) -> None:
+        """Write what is queued, then stop the writer."""
+        self.queue.put(None)
+        self.writer.join()
         self.client.close()
+        if self.failure is not None:
+            raise RuntimeError("the Redis state writer stopped") from self.failure
 
 
-class RedisStateSink(DynamicSink[Any]):
-    """Writes :class:`RedisWrite` and :class:`Clock` records, one round trip per batch."""
+class RedisStateSink(DynamicSink[StateWrites]):
+    """Writes :class:`StateWrites` records, one round trip per batch."""
 
     def __init__(self, url: str, ttl_s: int) -> None:
         self.url = url

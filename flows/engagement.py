@@ -2,82 +2,70 @@
 
 Read top to bottom, this is the path of one event::
 
-    engage.events ─ parse ─┬─ (invalid) ──────────────────────────────┐
-                           └─ event clock (per partition: late?, tick) │
-                                ├─ identity (per device shard) ─┐      │
-                                └───────────────────────────────┴─ customers (per shard)
-                                                                   ├─ state → Redis
-                                                                   └─ actions/audit ─┴→ Kafka
+    engage.events ─ ingest (parse, late?, tick) ─┬─ dead letters ───────────────────────┐
+                                                 ├─ identity (device shards) ─┐         │
+                                                 └────────────────────────────┴─ customers (shards)
+                                                                                ├─ state → Redis
+                                                                                └─ actions, audit ─┴→ Kafka
 
-Connectors are passed in, so the same flow runs against Kafka and Redis in
-production, and against in-memory sources and sinks in pure-logic tests.
+Every step between the source and the sinks takes whole batches, so Python
+is called once per batch and shard, not once per event. Connectors are
+passed in: the same flow runs against Kafka and Redis in production and
+against in-memory lists in pure-logic tests.
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter
 from typing import Any, Callable
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
-from bytewax.inputs import Source
+from bytewax.inputs import FixedPartitionedSource
 from bytewax.outputs import Sink
 
 from engage.config import Settings
-from engage.connectors.kafka import DLQ_TOPIC, RawRecord
-from engage.events import Event
-from engage.monitoring import metrics
-from engage.operators.parse import DeadLetter, parse
-from engage.operators.records import Clock, Emit, Merge, RedisWrite
-from engage.operators.routing import IDENTITY, EventClockStep, shard_of
+from engage.connectors.kafka import DLQ_TOPIC
+from engage.operators.ingest import IngestSource
+from engage.operators.parse import DeadLetter
+from engage.operators.records import Emit, RawRecord, StateWrites
+from engage.operators.routing import Router
 from engage.operators.shards import Bootstrap, CustomerShard, IdentityShard, ShardConfig
 
 Now = Callable[[], float]
 
 
-def parse_batch(max_future_ms: int, now: Now = time.time) -> Callable[[list[RawRecord]], list[Any]]:
-    """The parse step: raw records to events and dead letters, counted by type and reason."""
-
-    def step(records: list[RawRecord]) -> list[Any]:
-        now_ms = int(now() * 1000)
-        out = [parse(value, key, partition, offset, now_ms, max_future_ms)
-               for partition, offset, key, value in records]
-        types = Counter(x.type if type(x) is Event else "!" + x.reason for x in out)
-        for name, n in types.items():
-            if name[0] == "!":
-                metrics.DEAD_LETTERS.labels(name[1:]).inc(n)
-            else:
-                metrics.EVENTS.labels(name).inc(n)
-        return out
-
-    return step
-
-
-def dead_letter_message(d: DeadLetter) -> Emit:
-    """The original bytes, with the reason and where they came from in headers."""
-    return Emit(DLQ_TOPIC, d.key, d.value, (
+def dead_letter_messages(items: list[Any]) -> list[Emit]:
+    """The original bytes of each dead letter, with the reason and its origin in headers."""
+    return [Emit(DLQ_TOPIC, d.key, d.value, (
         ("engage.reason", d.reason.encode()),
         ("engage.detail", d.detail.encode(errors="replace")[:1000]),
         ("engage.source", f"engage.events/{d.partition}@{d.offset}".encode()),
-    ))
+    )) for d in items if type(d) is DeadLetter]
 
 
-def is_storage(item: Any) -> bool:
-    """Records bound for Redis rather than Kafka or the next step."""
-    return type(item) is RedisWrite or type(item) is Clock
+def state_writes(outputs: list[tuple[str, Any]]) -> list[StateWrites]:
+    """The Redis writes among a stateful step's outputs."""
+    return [x for _, x in outputs if type(x) is StateWrites]
 
 
-def build_flow(settings: Settings, source: Source[RawRecord], state_sink: Sink[Any],
-               kafka_sink: Sink[Emit], lineage: str, bootstrap: Bootstrap | None = None,
-               live: bool = True, finish_on_eof: bool = True,
-               now: Now = time.time) -> Dataflow:
+def kafka_messages(outputs: list[tuple[str, Any]]) -> list[Emit]:
+    """The Kafka messages (actions, audit records) among a stateful step's outputs."""
+    return [x for _, x in outputs if type(x) is Emit]
+
+
+def build_flow(settings: Settings, source: FixedPartitionedSource[RawRecord, Any],
+               state_sink: Sink[StateWrites], kafka_sink: Sink[Emit], lineage: str,
+               bootstrap: Bootstrap | None = None, live: bool = True,
+               finish_on_eof: bool = True, now: Now = time.time) -> Dataflow:
     """Wire the engine's steps between the given connectors.
 
+    ``source`` yields raw ``(partition, offset, key, value)`` records.
     ``finish_on_eof``: when the input ends, event time moves to the last
     event and timers due by then fire (bounded runs, replays). A live engine
     that stops on a signal must not: its input has not ended, it paused.
     """
+    parts = source.list_parts()
     shard_cfg = ShardConfig(
         state=settings.state_config(),
         lateness_ms=settings.ms("lateness"),
@@ -86,41 +74,31 @@ def build_flow(settings: Settings, source: Source[RawRecord], state_sink: Sink[A
         max_links_per_device=settings.max_links_per_device,
         live=live,
         finish_on_eof=finish_on_eof,
+        partitions=tuple(int(p) for p in parts if p.isdigit()),
     )
-    n_ids, n_cust = settings.identity_shards, settings.customer_shards
+    router = Router(settings.identity_shards, settings.customer_shards)
 
     flow = Dataflow("engage")
-    raw = op.input("read_events", flow, source)
-    parsed = op.flat_map_batch("parse", raw, parse_batch(settings.ms("max_future_skew"), now))
-    valid = op.branch("valid_or_dead_letter", parsed, lambda x: type(x) is Event)
-    dead_letters = op.map("dead_letter_message", valid.falses, dead_letter_message)
-
-    by_partition = op.key_on("by_partition", valid.trues, lambda e: str(e.partition))
-    clocked = op.stateful_batch(
-        "event_clock", by_partition,
-        lambda resume: EventClockStep(shard_cfg.lateness_ms, n_ids, n_cust, resume))
-    routed = op.branch("to_identity_or_customers", op.map("unkey_clock", clocked, lambda kv: kv[1]),
-                       lambda r: r[0] == IDENTITY)
+    ingested = op.input("read_events", flow, IngestSource(
+        source, shard_cfg.lateness_ms, settings.ms("max_future_skew"), now))
+    dead_letters = op.flat_map_batch("dead_letters", ingested, dead_letter_messages)
 
     identity = op.stateful_batch(
-        "identity", op.map("identity_key", routed.trues, lambda r: (r[1], r[2])),
+        "identity", op.flat_map_batch("route_to_identity", ingested, router.to_identity),
         lambda resume: IdentityShard(shard_cfg, resume, bootstrap))
-    identity_out = op.branch("identity_storage", op.map("unkey_identity", identity, lambda kv: kv[1]),
-                             is_storage)
-    attributed = op.map("customer_of_device_event", identity_out.falses,
-                        lambda item: (shard_of(item.customer if type(item) is Merge
-                                               else item.user_id, n_cust), item))
+    attributed = op.flat_map_batch("route_attributed", identity, router.attributed)
 
-    customer_in = op.merge("customer_input",
-                           op.map("customer_key", routed.falses, lambda r: (r[1], r[2])),
-                           attributed)
-    customers = op.stateful_batch("customers", customer_in,
+    customer_input = op.merge("customer_input",
+                              op.flat_map_batch("route_to_customers", ingested, router.to_customers),
+                              attributed)
+    customers = op.stateful_batch("customers", customer_input,
                                   lambda resume: CustomerShard(shard_cfg, resume, bootstrap))
-    customer_out = op.branch("customer_storage",
-                             op.map("unkey_customers", customers, lambda kv: kv[1]), is_storage)
 
-    op.output("write_state", op.merge("state_writes", identity_out.trues, customer_out.trues),
-              state_sink)
-    op.output("write_kafka", op.merge("kafka_messages", dead_letters, customer_out.falses),
-              kafka_sink)
+    op.output("write_state", op.merge(
+        "state_writes",
+        op.flat_map_batch("identity_state", identity, state_writes),
+        op.flat_map_batch("customer_state", customers, state_writes)), state_sink)
+    op.output("write_kafka", op.merge(
+        "kafka_messages", dead_letters,
+        op.flat_map_batch("customer_messages", customers, kafka_messages)), kafka_sink)
     return flow

@@ -14,7 +14,7 @@ still cancels a reminder due before it.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Iterable
 
 from engage.events import Event
 from engage.operators.records import Tick
@@ -57,22 +57,28 @@ class PartitionClock:
 class Watermark:
     """Global event-time progress as seen by one shard.
 
-    Partitions that sent nothing for ``idle_after_s`` of wall time stop
-    holding the watermark back, so a quiet partition cannot stall every timer.
+    Every input partition holds the watermark back until it reports, so a
+    shard that has heard from partition 0 only does not run ahead of
+    partition 1. A partition that sent nothing for ``idle_after_s`` of wall
+    time stops holding it back, so a quiet partition cannot stall every timer.
 
-    >>> wm = Watermark(lateness_ms=100, idle_after_s=60, clock=lambda: 0.0)
-    >>> wm.update(Tick(0, 1000)); wm.update(Tick(1, 600))
+    >>> wm = Watermark(lateness_ms=100, idle_after_s=60, partitions=(0, 1), clock=lambda: 0.0)
+    >>> wm.update(Tick(0, 1000))
+    >>> wm.value == NO_WATERMARK
+    True
+    >>> wm.update(Tick(1, 600))
     >>> wm.value
     500
     """
 
-    def __init__(self, lateness_ms: int, idle_after_s: float,
+    def __init__(self, lateness_ms: int, idle_after_s: float, partitions: Iterable[int] = (),
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.lateness_ms = lateness_ms
         self.idle_after_s = idle_after_s
         self.clock = clock
-        self.partitions: dict[int, int] = {}
-        self.heard: dict[int, float] = {}
+        self.partitions: dict[int, int] = {p: NO_WATERMARK for p in partitions}
+        started = clock()
+        self.heard: dict[int, float] = {p: started for p in self.partitions}
         self.value = NO_WATERMARK
 
     def update(self, tick: Tick) -> None:
@@ -87,8 +93,8 @@ class Watermark:
         active = [ts for p, ts in self.partitions.items()
                   if now - self.heard.get(p, now) <= self.idle_after_s]
         if not active:
-            active = list(self.partitions.values())
-        if active:
+            active = [ts for ts in self.partitions.values() if ts != NO_WATERMARK]
+        if active and min(active) != NO_WATERMARK:
             candidate = min(active) - self.lateness_ms
             # The watermark never goes back, even when an idle partition wakes up.
             if candidate > self.value:
@@ -109,6 +115,9 @@ class Watermark:
                 "partitions": self.partitions, "value": self.value}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["lateness_ms"], state["idle_after_s"])  # type: ignore[misc]
+        # Wall-clock idleness restarts with the process: every partition
+        # gets a fresh chance to report before it counts as idle.
+        self.__init__(state["lateness_ms"], state["idle_after_s"],  # type: ignore[misc]
+                      state["partitions"])
         self.partitions = state["partitions"]
         self.value = state["value"]

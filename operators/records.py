@@ -9,6 +9,10 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 
+RawRecord = tuple[int, int, Any, Any]
+"""``(partition, offset, key bytes, value bytes)`` as read from the input topic."""
+
+
 class Tick(NamedTuple):
     """Event-time progress of one input partition: the largest ``ts`` read so far."""
 
@@ -25,11 +29,15 @@ class Merge(NamedTuple):
     cause_event_id: str
 
 
-class RedisWrite(NamedTuple):
-    """Set (``value`` is bytes) or delete (``value`` is None) one Redis key."""
+class StateWrites(NamedTuple):
+    """One shard's Redis writes from one batch: set (bytes) or delete (None) per key.
 
-    key: str
-    value: bytes | None
+    One record per shard and batch, not one per customer: fewer items
+    travel through the dataflow, and the sink still writes one round trip.
+    """
+
+    writes: dict[str, bytes | None]
+    watermark: int
 
 
 class Emit(NamedTuple):
@@ -39,9 +47,3 @@ class Emit(NamedTuple):
     key: bytes | None
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...] = ()
-
-
-class Clock(NamedTuple):
-    """A shard's event-time watermark, published so readers share a 'now'."""
-
-    watermark: int

@@ -29,7 +29,7 @@ from bytewax.operators import StatefulBatchLogic
 from engage.events import Event, anon_key
 from engage.monitoring import metrics
 from engage.operators.event_time import Watermark
-from engage.operators.records import Clock, Emit, Merge, RedisWrite, Tick
+from engage.operators.records import Emit, Merge, StateWrites, Tick
 from engage.rules import cart_abandon
 from engage.state.customer import CustomerState, StateConfig
 from engage.state.keys import base_key, link_key, state_key
@@ -55,6 +55,8 @@ class ShardConfig:
     live: bool = True
     #: At the end of bounded input, let event time reach the last event.
     finish_on_eof: bool = True
+    #: Input partitions every shard waits to hear from before time moves.
+    partitions: tuple[int, ...] = ()
 
 
 class Bootstrap:
@@ -99,7 +101,12 @@ class _Shard(StatefulBatchLogic):
         self.cfg = cfg
         self.bootstrap = bootstrap
         self.states: dict[str, CustomerState] = {}
-        self.watermark = Watermark(cfg.lateness_ms, cfg.idle_after_s)
+        # Snapshots are incremental in cost: each customer is pickled once
+        # when it changed since the last snapshot, and kept as bytes.
+        self.frozen: dict[str, bytes] = {}
+        self.changed: set[str] = set()
+        self.rewrite: set[str] = set()
+        self.watermark = Watermark(cfg.lateness_ms, cfg.idle_after_s, cfg.partitions)
         self.expiry: list[tuple[int, str]] = []
         self.timers: list[tuple[int, str]] = []
         self.bases: dict[str, bytes] = {}   # bootstrap copies still to write once
@@ -107,10 +114,16 @@ class _Shard(StatefulBatchLogic):
         if resume is not None:
             self._restore(pickle.loads(resume))
         self.dirty: set[str] = set()
+        self.writes: dict[str, bytes | None] = {}   # this batch's Redis writes
 
     # -- hooks for subclasses
     def _restore(self, snap: dict[str, Any]) -> None:
-        self.states = snap["states"]
+        # States thaw one by one on first use: a restart does not unpickle
+        # customers that never come back.
+        self.frozen = snap["frozen"]
+        # What was written since the snapshot before this one may not have
+        # reached Redis (the writer runs behind): write it again.
+        self.rewrite = set(snap["written"])
         self.watermark = snap["watermark"]
         self.expiry = snap["expiry"]
         self.timers = snap["timers"]
@@ -118,18 +131,43 @@ class _Shard(StatefulBatchLogic):
         self.last_clock = self.watermark.value
 
     def _snapshot_dict(self) -> dict[str, Any]:
-        return {"states": self.states, "watermark": self.watermark, "expiry": self.expiry,
-                "timers": self.timers, "bases": self.bases}
+        written = list(self.changed)
+        for key in self.changed:
+            state = self.states.get(key)
+            if state is None:
+                self.frozen.pop(key, None)
+            else:
+                self.frozen[key] = state.freeze()
+        self.changed.clear()
+        return {"frozen": self.frozen, "watermark": self.watermark, "expiry": self.expiry,
+                "timers": self.timers, "bases": self.bases, "written": written}
 
     def snapshot(self) -> bytes:
         """An immutable copy (bytes) of the whole shard for Bytewax recovery."""
         return pickle.dumps(self._snapshot_dict(), protocol=pickle.HIGHEST_PROTOCOL)
 
+    def _lookup(self, key: str) -> CustomerState | None:
+        """The hot state of ``key``, thawing it from the last snapshot if needed."""
+        state = self.states.get(key)
+        if state is None:
+            raw = self.frozen.get(key)
+            if raw is not None:
+                state = self.states[key] = CustomerState.thaw(raw)
+        return state
+
+    def _drop(self, key: str) -> None:
+        """Forget ``key`` here (its Redis key is handled by the caller)."""
+        self.states.pop(key, None)
+        self.frozen.pop(key, None)
+        self.changed.add(key)
+        self.dirty.discard(key)
+        self.bases.pop(key, None)
+
     # -- state access
     def _prefetch(self, keys: Iterable[str]) -> None:
         if self.bootstrap is None:
             return
-        missing = [k for k in set(keys) if k not in self.states]
+        missing = [k for k in set(keys) if self._lookup(k) is None]
         if not missing:
             return
         for key, (state, raw) in self.bootstrap.load(missing).items():
@@ -139,7 +177,7 @@ class _Shard(StatefulBatchLogic):
                 self.bases[key] = raw
 
     def _state(self, key: str) -> CustomerState:
-        state = self.states.get(key)
+        state = self.states.get(key) or self._lookup(key)
         if state is None:
             state = self.states[key] = CustomerState(key, self.cfg.state)
             # Armed once; re-armed lazily when it comes due (see _expire).
@@ -159,41 +197,50 @@ class _Shard(StatefulBatchLogic):
 
     def _expire_one(self, key: str, wm: int, out: list[Any]) -> int | None:
         """Expire ``key`` if inactive, else return when to look again."""
-        state = self.states.get(key)
+        state = self._lookup(key)
         if state is None:
             return None
         ttl = self.cfg.state.inactive_ttl_ms
         if state.max_ts + ttl > wm:
             return state.max_ts + ttl
-        del self.states[key]
-        self.dirty.discard(key)
-        self.bases.pop(key, None)
+        self._drop(key)
         metrics.CUSTOMERS_EXPIRED.inc()
-        out.append(RedisWrite(state_key(key), None))
+        self.writes[state_key(key)] = None
         return None
 
     def _flush(self, out: list[Any]) -> None:
         lineage = self.cfg.lineage
         cfg = self.cfg.state
         dumps = orjson.dumps
-        opt = orjson.OPT_NON_STR_KEYS
+        writes = self.writes
+        if self.rewrite:
+            for key in self.rewrite:
+                if self._lookup(key) is not None:
+                    self.dirty.add(key)
+                else:
+                    self.writes.setdefault(state_key(key), None)
+            self.rewrite = set()
+        self.changed |= self.dirty
         for key in self.dirty:
             state = self.states.get(key)
             if state is None:
                 continue
             doc = state.to_doc(cfg)
             doc["lin"] = lineage
-            out.append(RedisWrite(state_key(key), dumps(doc, option=opt)))
+            writes[state_key(key)] = dumps(doc)
             base = self.bases.pop(key, None)
             if base is not None:
-                out.append(RedisWrite(base_key(key), base))
+                writes[base_key(key)] = base
         self.dirty.clear()
         # The published clock is a reading aid for `engage profile`; a minute
-        # of event time is fine enough and spares a record per shard per batch.
+        # of event time is fine enough and spares a write per shard per batch.
+        clock = 0
         if self.watermark.value >= self.last_clock + CLOCK_STEP_MS:
-            self.last_clock = self.watermark.value
-            out.append(Clock(self.last_clock))
-        metrics.CUSTOMERS_HOT.labels(self.step).set(len(self.states))
+            self.last_clock = clock = self.watermark.value
+        if writes or clock:
+            out.append(StateWrites(writes, clock))
+            self.writes = {}
+        metrics.CUSTOMERS_HOT.labels(self.step).set(max(len(self.states), len(self.frozen)))
 
     def on_eof(self) -> tuple[Iterable[Any], bool]:
         """Input ended: for bounded input, let event time reach the last event and fire."""
@@ -270,13 +317,13 @@ class CustomerShard(_Shard):
         delay = self.cfg.state.cart_abandon_after_ms
         while heap and heap[0][0] <= wm:
             due, key = heapq.heappop(heap)
-            state = self.states.get(key)
+            state = self._lookup(key)
             if state is None or due <= state.cart.reminded:
                 continue
             trigger = state.cart.trigger(due)
             if trigger is None or trigger[0] + delay != due:
                 continue  # ordered, emptied, or a later add set a later reminder
-            state.cart.reminded = due
+            state.cart.mark_reminded(due)
             self.dirty.add(key)
             self._fire(state, due, trigger[1], out)
         self._expire(out)
@@ -395,12 +442,11 @@ class IdentityShard(_Shard):
             device.linked = customer
             metrics.IDENTITY_LINKS.labels("linked").inc()
             key = anon_key(anon)
-            state = self.states.pop(key, None)
-            self.dirty.discard(key)
-            self.bases.pop(key, None)
+            state = self._lookup(key)
+            self._drop(key)
             if state is not None:
-                out.append(RedisWrite(state_key(key), None))
-            out.append(RedisWrite(link_key(anon), customer.encode()))
+                self.writes[state_key(key)] = None
+            self.writes[link_key(anon)] = customer.encode()
             # The merge travels ahead of the login on the same route, so the
             # customer's shard sees the device's history first.
             out.append(Merge(customer, anon, state, event.event_id))
@@ -419,5 +465,5 @@ class IdentityShard(_Shard):
             return device.last_ts + ttl
         del self.devices[anon]
         if device.linked is not None:
-            out.append(RedisWrite(link_key(anon), None))
+            self.writes[link_key(anon)] = None
         return None

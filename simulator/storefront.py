@@ -46,7 +46,8 @@ class Storefront:
     """
 
     def __init__(self, seed: int = 7, customers: int = 1000, start_ms: int = 1_790_000_000_000,
-                 mean_gap_ms: int = 1000, malformed_share: float = 0.01) -> None:
+                 mean_gap_ms: int = 1000, malformed_share: float = 0.01,
+                 sessions: int = 50, session_events: float = 12.0) -> None:
         self.rng = random.Random(seed)
         self.seed = seed
         self.customers = customers
@@ -55,6 +56,11 @@ class Storefront:
         self.malformed_share = malformed_share
         self.seq = 0
         self.visitors: dict[int, _Visitor] = {}
+        # Visits, not isolated clicks: a visitor comes, does a dozen things
+        # over some minutes, leaves. ``sessions`` visits are open at a time.
+        self.target_sessions = max(1, sessions)
+        self.session_events = session_events
+        self.open_sessions: list[list[int]] = []   # [visitor index, events left]
 
     def _visitor(self, i: int) -> _Visitor:
         v = self.visitors.get(i)
@@ -84,9 +90,22 @@ class Storefront:
                 "category": category, "price": round(self.rng.uniform(low, high), 2),
                 "style": self.rng.choice(STYLES)}
 
+    def _pick_visitor(self) -> _Visitor:
+        rng = self.rng
+        while len(self.open_sessions) < self.target_sessions:
+            length = 1 + int(rng.expovariate(1 / self.session_events))
+            self.open_sessions.append([rng.randrange(self.customers), length])
+        i = rng.randrange(len(self.open_sessions))
+        session = self.open_sessions[i]
+        session[1] -= 1
+        if session[1] <= 0:
+            self.open_sessions[i] = self.open_sessions[-1]
+            self.open_sessions.pop()
+        return self._visitor(session[0])
+
     def _next_docs(self) -> list[dict[str, Any]]:
         rng = self.rng
-        v = self._visitor(rng.randrange(self.customers))
+        v = self._pick_visitor()
         user_known = v.user is not None and v.logged_in
         roll = rng.random()
         category = v.favourite if rng.random() < 0.6 else rng.choice(list(CATEGORIES))

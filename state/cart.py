@@ -25,6 +25,7 @@ from typing import Any
 
 #: How many per-SKU settle points are kept (the most recent ones).
 SETTLED_SKUS = 64
+_FOREVER = 2 ** 62
 
 Op = list[Any]
 """``[ts, delta, event_id, price, category]``; delta > 0 for adds."""
@@ -44,7 +45,8 @@ class Cart:
     {'S3': [2, 5.0, 'rug', 300]}
     """
 
-    __slots__ = ("ops", "checkouts", "settled", "settled_all", "reminded", "last_order")
+    __slots__ = ("ops", "checkouts", "settled", "settled_all", "reminded", "last_order", "_view")
+    _STATE = ("ops", "checkouts", "settled", "settled_all", "reminded", "last_order")
 
     def __init__(self) -> None:
         self.ops: dict[str, list[Op]] = {}
@@ -53,12 +55,16 @@ class Cart:
         self.settled_all = 0                   # latest folded checkout without items
         self.reminded = 0                      # due time of the last reminder decided
         self.last_order = 0                    # latest checkout ever (a max register)
+        # The view as of "now" only changes when the cart does: it is cached
+        # because every state write of the customer stores it.
+        self._view: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ updates
     def add(self, sku: str, ts: int, qty: int, event_id: str, price: float, category: str) -> None:
         """An add (qty > 0) or a remove (qty < 0)."""
         if ts <= self._settle_point(sku):
             return
+        self._view = None
         ops = self.ops.setdefault(sku, [])
         if any(op[2] == event_id for op in ops):
             return  # the same event twice (a re-sent record): once is enough
@@ -67,12 +73,14 @@ class Cart:
     def checkout(self, ts: int, skus: list[str] | None) -> None:
         """An order at ``ts`` settles what was in the cart before it (or only ``skus``)."""
         entry = [ts, sorted(set(skus)) if skus else None]
+        self._view = None
         self.last_order = max(self.last_order, ts)
         if entry not in self.checkouts:
             self.checkouts.append(entry)
 
     def merge(self, other: "Cart") -> None:
         """Union with another cart (a device's, at login)."""
+        self._view = None
         for sku, ops in other.ops.items():
             for op in ops:
                 self.add(sku, op[0], op[1], op[2], op[3], op[4])
@@ -84,6 +92,11 @@ class Cart:
         self.reminded = max(self.reminded, other.reminded)
         self.last_order = max(self.last_order, other.last_order)
         self._drop_settled()
+
+    def mark_reminded(self, due: int) -> None:
+        """A reminder due at ``due`` was decided; none before it will be."""
+        self.reminded = max(self.reminded, due)
+        self._view = None
 
     def compact(self, below: int) -> None:
         """Fold checkouts stamped before ``below`` into settle points.
@@ -131,29 +144,40 @@ class Cart:
                 point = ts
         return point
 
-    def lines(self, as_of: int) -> dict[str, list[Any]]:
-        """``{sku: [quantity, price, category, last_ts]}`` as of event time ``as_of``."""
-        out: dict[str, list[Any]] = {}
+    def _live(self, as_of: int) -> dict[str, list[Op]]:
+        """Per SKU, the operations still counting at ``as_of`` (net quantity > 0)."""
+        out: dict[str, list[Op]] = {}
         for sku, ops in self.ops.items():
             cleared = self._cleared_at(sku, as_of)
             live = [op for op in ops if cleared < op[0] <= as_of]
-            qty = sum(op[1] for op in live)
-            if qty > 0:
-                last = max(live, key=lambda op: (op[0], op[2]))
-                adds = [op for op in live if op[1] > 0]
-                priced = max(adds, key=lambda op: (op[0], op[2])) if adds else last
-                out[sku] = [qty, priced[3], priced[4], last[0]]
+            if live and sum(op[1] for op in live) > 0:
+                out[sku] = live
+        return out
+
+    def lines(self, as_of: int) -> dict[str, list[Any]]:
+        """``{sku: [quantity, price, category, last_ts]}`` as of event time ``as_of``."""
+        return self._lines(self._live(as_of)) if self.ops else {}
+
+    @staticmethod
+    def _lines(live: dict[str, list[Op]]) -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = {}
+        for sku, ops in live.items():
+            last = max(ops, key=lambda op: (op[0], op[2]))
+            adds = [op for op in ops if op[1] > 0]
+            priced = max(adds, key=lambda op: (op[0], op[2])) if adds else last
+            out[sku] = [sum(op[1] for op in ops), priced[3], priced[4], last[0]]
         return out
 
     def trigger(self, as_of: int) -> tuple[int, list[str]] | None:
         """The latest add still in the cart at ``as_of`` and the adds behind it, if any."""
-        adds: list[Op] = []
-        for sku, line in self.lines(as_of).items():
-            cleared = self._cleared_at(sku, as_of)
-            adds.extend(op for op in self.ops[sku] if op[1] > 0 and cleared < op[0] <= as_of)
+        return self._trigger(self._live(as_of)) if self.ops else None
+
+    @staticmethod
+    def _trigger(live: dict[str, list[Op]]) -> tuple[int, list[str]] | None:
+        adds = sorted((op for ops in live.values() for op in ops if op[1] > 0),
+                      key=lambda op: (op[0], op[2]))
         if not adds:
             return None
-        adds.sort(key=lambda op: (op[0], op[2]))
         return adds[-1][0], [op[2] for op in adds][-10:]
 
     def last_checkout(self, as_of: int) -> int:
@@ -163,22 +187,25 @@ class Cart:
         times = [ts for ts, _ in self.checkouts] + list(self.settled.values()) + [self.settled_all]
         return max((t for t in times if t <= as_of), default=0)
 
-    def view(self, as_of: int, delay_ms: int) -> dict[str, Any]:
+    def view(self, delay_ms: int) -> dict[str, Any]:
         """What readers see (and Redis stores): lines, the pending reminder, the last order.
 
-        Only meaning, no bookkeeping: two runs that saw the same events store
-        the same view, however their compaction went.
+        As of now, i.e. after every operation recorded. Only meaning, no
+        bookkeeping: two runs that saw the same events store the same view,
+        however their compaction went. Do not mutate the result.
         """
-        out: dict[str, Any] = {"lines": self.lines(as_of)}
-        trigger = self.trigger(as_of)
-        if trigger is not None and trigger[0] + delay_ms > self.reminded:
-            out["reminder"] = [trigger[0] + delay_ms, trigger[1]]
-        if self.reminded:
-            out["reminded"] = self.reminded
-        last = self.last_checkout(as_of)
-        if last:
-            out["last_checkout"] = last
-        return out
+        if self._view is None:
+            live = self._live(_FOREVER) if self.ops else {}
+            out: dict[str, Any] = {"lines": self._lines(live) if live else {}}
+            trigger = self._trigger(live) if live else None
+            if trigger is not None and trigger[0] + delay_ms > self.reminded:
+                out["reminder"] = [trigger[0] + delay_ms, trigger[1]]
+            if self.reminded:
+                out["reminded"] = self.reminded
+            if self.last_order:
+                out["last_checkout"] = self.last_order
+            self._view = out
+        return self._view
 
     @staticmethod
     def from_view(view: dict[str, Any]) -> "Cart":
@@ -192,8 +219,9 @@ class Cart:
 
     # ------------------------------------------------------------------ storage
     def __getstate__(self) -> tuple:
-        return tuple(getattr(self, s) for s in self.__slots__)
+        return tuple(getattr(self, s) for s in self._STATE)
 
     def __setstate__(self, state: tuple) -> None:
-        for name, value in zip(self.__slots__, state):
+        for name, value in zip(self._STATE, state):
             setattr(self, name, value)
+        self._view = None

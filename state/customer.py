@@ -11,12 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from engage.events import CATEGORISED_TYPES, ORDER_TYPES, Event
 from engage.state.cart import Cart
 from engage.state.windows import HOUR_MS, WindowSet, levels_from_doc, parse_duration
 
 #: How many recent order ids are remembered to ignore a re-sent order.
 RECENT_ORDERS = 16
+_SPEND = ("spend",)
 _CART_TYPES = frozenset({"add_to_cart", "remove_from_cart"}) | ORDER_TYPES
 
 
@@ -68,7 +71,7 @@ class CustomerState:
     def __init__(self, key: str, cfg: StateConfig) -> None:
         self.key = key
         self.anon_ids: list[str] = []
-        self.counts: dict[str, list[dict[int, float]]] = {}
+        self.counts = cfg.counts.empty()          # shared buckets of every counter
         self.spend = cfg.spend.empty()
         self.lifetime: dict[str, int] = {}
         self.last_seen: dict[str, int] = {}
@@ -104,10 +107,10 @@ class CustomerState:
             self.max_ts = ts
         if e.late:
             self.late_events += 1
+        elif etype in CATEGORISED_TYPES:
+            cfg.counts.add(self.counts, ts, (etype, etype + "|" + props["category"]), 1)
         else:
-            self._count(etype, ts, cfg.counts)
-            if etype in CATEGORISED_TYPES:
-                self._count(etype + "|" + props["category"], ts, cfg.counts)
+            cfg.counts.add(self.counts, ts, (etype,), 1)
 
         # A late event must not move the cart: whether it came before or
         # after a reminder was decided would depend on how partitions
@@ -137,12 +140,6 @@ class CustomerState:
         if crossed_hour:
             self.prune(cfg)
 
-    def _count(self, name: str, ts: int, windows: WindowSet) -> None:
-        levels = self.counts.get(name)
-        if levels is None:
-            levels = self.counts[name] = windows.empty()
-        windows.add(levels, ts, 1)
-
     @staticmethod
     def _lww(target: dict[str, list[Any]], name: str, value: Any, ts: int) -> None:
         current = target.get(name)
@@ -165,13 +162,13 @@ class CustomerState:
         if self.last_order_ts is None or ts > self.last_order_ts:
             self.last_order_ts = ts
         if not e.late:
-            cfg.spend.add(self.spend, ts, amount)
+            cfg.spend.add(self.spend, ts, _SPEND, amount)
 
     def _refund(self, e: Event, cfg: StateConfig) -> None:
         amount = float(e.props["amount"])
         self.spend_total -= amount
         if not e.late:
-            cfg.spend.add(self.spend, e.ts, -amount)
+            cfg.spend.add(self.spend, e.ts, _SPEND, -amount)
 
     def _trim_recent_orders(self) -> None:
         while len(self.recent_orders) > RECENT_ORDERS:
@@ -182,12 +179,7 @@ class CustomerState:
         """Fold ``other`` (a device's history) into this customer."""
         for anon in other.anon_ids:
             self.add_device(anon)
-        for name, levels in other.counts.items():
-            mine = self.counts.get(name)
-            if mine is None:
-                self.counts[name] = [dict(level) for level in levels]
-            else:
-                cfg.counts.merge_into(mine, levels)
+        cfg.counts.merge_into(self.counts, other.counts)
         cfg.spend.merge_into(self.spend, other.spend)
         for etype, n in other.lifetime.items():
             self.lifetime[etype] = self.lifetime.get(etype, 0) + n
@@ -220,35 +212,37 @@ class CustomerState:
             self.anon_ids.sort()
 
     def prune(self, cfg: StateConfig) -> None:
-        """Drop window buckets that have slid out of every window."""
-        ref = self.max_ts
-        empty = [name for name, levels in self.counts.items() if cfg.counts.prune(levels, ref)]
-        for name in empty:
-            del self.counts[name]
+        """Drop window buckets that have slid out of every window.
+
+        The reference is the start of the latest event-time hour, not the
+        latest event itself: whichever event of that hour arrived first, the
+        same buckets are kept.
+        """
+        ref = self.max_ts // HOUR_MS * HOUR_MS
+        cfg.counts.prune(self.counts, ref)
         cfg.spend.prune(self.spend, ref)
 
     # ------------------------------------------------------------------ views
     def windows(self, cfg: StateConfig, ref_ts: int) -> dict[str, dict[str, float]]:
         """Window values by counter name, as seen at event time ``ref_ts``."""
-        out = {name: cfg.counts.values(levels, ref_ts) for name, levels in sorted(self.counts.items())}
-        return {name: vals for name, vals in out.items() if any(vals.values())}
+        values = cfg.counts.values(self.counts, ref_ts)
+        return {name: values[name] for name in sorted(values) if any(values[name].values())}
 
     def count(self, cfg: StateConfig, name: str, window: str, ref_ts: int) -> float:
         """One windowed count, e.g. ``count(cfg, "product_view", "7d", t)``."""
-        levels = self.counts.get(name)
-        return cfg.counts.value(levels, window, ref_ts) if levels else 0
+        return cfg.counts.value(self.counts, name, window, ref_ts)
+
+    def spend_in(self, cfg: StateConfig, ref_ts: int) -> dict[str, float]:
+        """Spend per spend window (refunds subtracted), as seen at ``ref_ts``."""
+        values = cfg.spend.values(self.spend, ref_ts).get(_SPEND[0])
+        return values if values else {w.name: 0 for w in cfg.spend.windows}
 
     # ------------------------------------------------------------------ storage
     def to_doc(self, cfg: StateConfig) -> dict[str, Any]:
-        """The JSON document stored in Redis (compact, but readable).
-
-        Serialise with ``orjson.OPT_NON_STR_KEYS``: window buckets keep int keys.
-        """
+        """The JSON document stored in Redis (compact, but readable)."""
         doc: dict[str, Any] = {
             "id": self.key,
             "max_ts": self.max_ts,
-            # Bucket dicts go out as they are: orjson writes their int keys
-            # (OPT_NON_STR_KEYS) far faster than any Python-side reshaping.
             "counts": self.counts,
             "lifetime": self.lifetime,
             "last_seen": self.last_seen,
@@ -257,7 +251,7 @@ class CustomerState:
             doc["anon_ids"] = self.anon_ids
         if any(self.spend):
             doc["spend"] = self.spend
-        cart = self.cart.view(self.max_ts, cfg.cart_abandon_after_ms)
+        cart = self.cart.view(cfg.cart_abandon_after_ms)
         if len(cart) > 1 or cart["lines"]:
             doc["cart"] = cart
         if self.orders or self.spend_total:
@@ -277,7 +271,7 @@ class CustomerState:
         """Rebuild a state from :meth:`to_doc`'s document."""
         s = CustomerState(doc["id"], cfg)
         s.max_ts = doc.get("max_ts", 0)
-        s.counts = {name: levels_from_doc(lv) for name, lv in doc.get("counts", {}).items()}
+        s.counts = levels_from_doc(doc["counts"]) if "counts" in doc else cfg.counts.empty()
         s.lifetime = dict(doc.get("lifetime", {}))
         s.last_seen = dict(doc.get("last_seen", {}))
         s.anon_ids = list(doc.get("anon_ids", []))
@@ -296,9 +290,24 @@ class CustomerState:
         s.late_events = doc.get("late", 0)
         return s
 
-    def __getstate__(self) -> tuple:
-        return tuple(getattr(self, s) for s in self.__slots__)
+    def freeze(self) -> bytes:
+        """Everything, internal bookkeeping included, as compact bytes (for snapshots).
 
-    def __setstate__(self, state: tuple) -> None:
-        for s, v in zip(self.__slots__, state):
-            setattr(self, s, v)
+        JSON through orjson: several times cheaper than pickling these
+        nested dicts, and snapshots take one per customer changed.
+        """
+        values = [getattr(self, name) for name in self.__slots__]
+        values[self.__slots__.index("cart")] = self.cart.__getstate__()
+        return orjson.dumps(values)
+
+    @staticmethod
+    def thaw(raw: bytes) -> "CustomerState":
+        """Inverse of :meth:`freeze`."""
+        values = orjson.loads(raw)
+        s = CustomerState.__new__(CustomerState)
+        for name, value in zip(CustomerState.__slots__, values):
+            setattr(s, name, value)
+        cart = Cart.__new__(Cart)
+        cart.__setstate__(values[CustomerState.__slots__.index("cart")])
+        s.cart = cart
+        return s

@@ -20,8 +20,14 @@ MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
 
-Levels = list[dict[int, float]]
-"""One sparse ``{bucket index: amount}`` dict per granularity of a :class:`WindowSet`."""
+Levels = list[dict[str, dict[str, float]]]
+"""Per granularity of a :class:`WindowSet`: ``{bucket index: {counter: amount}}``.
+
+All counters of one customer share their buckets, so pruning a customer
+visits a handful of buckets, not every counter. Bucket indexes are kept as
+decimal strings: the documents go to Redis as JSON, and serialising string
+keys costs half as much as converting integer keys on every write.
+"""
 
 
 def parse_duration(text: str | int) -> int:
@@ -95,9 +101,9 @@ class WindowSet:
 
     >>> ws = WindowSet.of(["1h", "7d"])
     >>> levels = ws.empty()
-    >>> ws.add(levels, 10 * DAY_MS, 1)
-    >>> ws.add(levels, 10 * DAY_MS - 2 * HOUR_MS, 1)
-    >>> ws.value(levels, "1h", 10 * DAY_MS), ws.value(levels, "7d", 10 * DAY_MS)
+    >>> ws.add(levels, 10 * DAY_MS, ("view",), 1)
+    >>> ws.add(levels, 10 * DAY_MS - 2 * HOUR_MS, ("view", "view|sofa"), 1)
+    >>> ws.value(levels, "view", "1h", 10 * DAY_MS), ws.value(levels, "view", "7d", 10 * DAY_MS)
     (1, 2)
     """
 
@@ -124,14 +130,18 @@ class WindowSet:
         return WindowSet(tuple(windows), tuple(grans), tuple(horizons[g] for g in grans))
 
     def empty(self) -> Levels:
-        """Fresh, empty levels for one counter."""
+        """Fresh, empty levels for one customer."""
         return [{} for _ in self.granularities]
 
-    def add(self, levels: Levels, ts: int, amount: float) -> None:
-        """Count ``amount`` at event time ``ts``."""
+    def add(self, levels: Levels, ts: int, names: tuple[str, ...], amount: float) -> None:
+        """Count ``amount`` for each counter in ``names`` at event time ``ts``."""
         for level, gran in zip(levels, self.granularities):
-            idx = ts // gran
-            level[idx] = level.get(idx, 0) + amount
+            idx = str(ts // gran)
+            bucket = level.get(idx)
+            if bucket is None:
+                bucket = level[idx] = {}
+            for name in names:
+                bucket[name] = bucket.get(name, 0) + amount
 
     def window(self, name: str) -> Window:
         """The window called ``name`` (e.g. ``"7d"``)."""
@@ -140,42 +150,51 @@ class WindowSet:
                 return w
         raise KeyError(f"no window {name!r}; known: {', '.join(w.name for w in self.windows)}")
 
-    def value(self, levels: Levels, name: str, ref_ts: int) -> float:
-        """Sum of the window called ``name`` as seen at event time ``ref_ts``."""
-        w = self.window(name)
-        level = levels[w.level]
+    def value(self, levels: Levels, counter: str, window: str, ref_ts: int) -> float:
+        """Sum of ``counter`` over the window called ``window``, seen at event time ``ref_ts``."""
+        w = self.window(window)
         top = ref_ts // w.granularity_ms
         low = top - w.buckets
-        return sum(v for i, v in level.items() if low < i <= top)
+        return sum(b.get(counter, 0) for i, b in levels[w.level].items() if low < int(i) <= top)
 
-    def values(self, levels: Levels, ref_ts: int) -> dict[str, float]:
-        """All windows of this set at ``ref_ts``, by name."""
-        return {w.name: self.value(levels, w.name, ref_ts) for w in self.windows}
+    def values(self, levels: Levels, ref_ts: int) -> dict[str, dict[str, float]]:
+        """Every counter's value in every window at ``ref_ts``: ``{counter: {window: n}}``."""
+        out: dict[str, dict[str, float]] = {}
+        for w in self.windows:
+            top = ref_ts // w.granularity_ms
+            low = top - w.buckets
+            for i, bucket in levels[w.level].items():
+                if low < int(i) <= top:
+                    for name, n in bucket.items():
+                        per = out.setdefault(name, {x.name: 0 for x in self.windows})
+                        per[w.name] += n
+        return out
 
-    def prune(self, levels: Levels, ref_ts: int) -> bool:
+    def prune(self, levels: Levels, ref_ts: int) -> None:
         """Drop buckets that no window can reach at or after ``ref_ts``.
 
-        Returns True when nothing is left. Safe because the reference time of
-        every later query is at least ``ref_ts`` (it only moves forward).
+        Safe because the reference time of every later query is at least
+        ``ref_ts``. Callers pass a deterministic reference (the start of an
+        event-time hour), so what is kept never depends on arrival order.
         """
-        empty = True
         for level, gran, horizon in zip(levels, self.granularities, self.horizons):
             low = ref_ts // gran - horizon
-            if level:
-                stale = [i for i in level if i <= low]
-                for i in stale:
-                    del level[i]
-                if level:
-                    empty = False
-        return empty
+            stale = [i for i in level if int(i) <= low]
+            for i in stale:
+                del level[i]
 
     def merge_into(self, target: Levels, other: Levels) -> None:
         """Add every bucket of ``other`` into ``target`` (identity merge)."""
         for t_level, o_level in zip(target, other):
-            for i, v in o_level.items():
-                t_level[i] = t_level.get(i, 0) + v
+            for i, o_bucket in o_level.items():
+                bucket = t_level.get(i)
+                if bucket is None:
+                    t_level[i] = dict(o_bucket)
+                else:
+                    for name, n in o_bucket.items():
+                        bucket[name] = bucket.get(name, 0) + n
 
 
-def levels_from_doc(doc: list[dict[str, float]]) -> Levels:
-    """Window levels read back from JSON, where bucket indexes became strings."""
-    return [{int(i): v for i, v in level.items()} for level in doc]
+def levels_from_doc(doc: list[dict[str, dict[str, float]]]) -> Levels:
+    """Window levels read back from their JSON form (a copy)."""
+    return [{i: dict(b) for i, b in level.items()} for level in doc]

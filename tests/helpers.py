@@ -43,3 +43,9 @@ def paid(ts: int, user: str, order_id: str, amount: float, **kw: Any) -> dict[st
 
 def login(ts: int, user: str, anon: str, **kw: Any) -> dict[str, Any]:
     return doc("login", ts, user, anon, **kw)
+
+
+def counters(state_doc: dict[str, Any]) -> set[str]:
+    """Names of every counter with a bucket in a stored state document."""
+    return {name for level in state_doc.get("counts", []) for bucket in level.values()
+            for name in bucket}

@@ -9,7 +9,7 @@ from engage.monitoring import metrics
 from engage.state.keys import link_key, state_key
 
 from stack_helpers import produce, redis_client, run_engine, topic_docs
-from helpers import DAY, HOUR, MIN, T0, add, doc, login, paid, view
+from helpers import DAY, HOUR, MIN, T0, add, counters, doc, login, paid, view
 
 
 def test_state_actions_and_identity_end_to_end(stack) -> None:
@@ -73,5 +73,5 @@ def test_late_events_within_lateness_land_in_their_window_later_ones_in_lifetime
     run_engine(stack, event_partitions=1)
     c1 = orjson.loads(redis_client(stack).get(state_key("c-1")))
     assert c1["lifetime"]["product_view"] == 3 and c1["late"] == 1
-    assert "product_view|lamp" in c1["counts"] and "product_view|rug" not in c1["counts"]
+    assert "product_view|lamp" in counters(c1) and "product_view|rug" not in counters(c1)
     assert metrics.LATE_EVENTS._value.get() - before == 1

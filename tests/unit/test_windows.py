@@ -72,11 +72,11 @@ def test_bucketed_window_is_within_one_granule_of_the_exact_sliding_window(
     ws = WindowSet.of(["1h", "24h", "7d", "30d"])
     levels = ws.empty()
     for ts in stamps:
-        ws.add(levels, START + ts, 1)
+        ws.add(levels, START + ts, ("n",), 1)
     ref = START + max(stamps) + ref_after
     for w in ws.windows:
         wider = sum(1 for ts in stamps if ref - w.length_ms - w.granularity_ms < START + ts <= ref)
-        value = ws.value(levels, w.name, ref)
+        value = ws.value(levels, "n", w.name, ref)
         # Buckets are aligned, so the window covers (ref - W - g, ref] at most
         # and (ref - W, ref] at least, minus what lies in ref's own partial granule.
         assert value <= wider
@@ -91,9 +91,9 @@ def test_spend_windows_and_pruning_keep_only_what_a_window_can_reach() -> None:
         state.apply(Event(f"o{i}", "order_paid", ts, "c", None, None,
                           {"order_id": f"o{i}", "amount": amount}), CFG)
     ref = START + 40 * DAY_MS
-    assert CFG.spend.values(state.spend, ref) == {"30d": 330.0, "365d": 430.0}
+    assert state.spend_in(CFG, ref) == {"30d": 330.0, "365d": 430.0}
     state.apply(Event("v", "search", START + 420 * DAY_MS, "c", None, None, {"query": "x"}), CFG)
-    assert CFG.spend.values(state.spend, START + 420 * DAY_MS) == {"30d": 0, "365d": 0}
+    assert state.spend_in(CFG, START + 420 * DAY_MS) == {"30d": 0, "365d": 0}
     assert all(not level for level in state.spend)  # pruned, not just out of range
     assert state.spend_total == 430.0  # lifetime totals never slide
 
