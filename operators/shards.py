@@ -97,12 +97,12 @@ class _Shard(StatefulBatchLogic):
     step = "shard"
 
     def __init__(self, cfg: ShardConfig, resume: bytes | None,
-                 bootstrap: Bootstrap | None) -> None:
+                 bootstrap: Bootstrap | None = None) -> None:
         self.cfg = cfg
         self.bootstrap = bootstrap
         self.states: dict[str, CustomerState] = {}
-        # Snapshots are incremental in cost: each customer is pickled once
-        # when it changed since the last snapshot, and kept as bytes.
+        # Snapshots are incremental in cost: a customer is serialised again
+        # only when it changed since the last snapshot, and kept as bytes.
         self.frozen: dict[str, bytes] = {}
         self.changed: set[str] = set()
         self.rewrite: set[str] = set()
@@ -111,10 +111,10 @@ class _Shard(StatefulBatchLogic):
         self.timers: list[tuple[int, str]] = []
         self.bases: dict[str, bytes] = {}   # bootstrap copies still to write once
         self.last_clock = self.watermark.value
-        if resume is not None:
-            self._restore(pickle.loads(resume))
         self.dirty: set[str] = set()
         self.writes: dict[str, bytes | None] = {}   # this batch's Redis writes
+        if resume is not None:
+            self._restore(pickle.loads(resume))
 
     # -- hooks for subclasses
     def _restore(self, snap: dict[str, Any]) -> None:
@@ -384,15 +384,24 @@ class IdentityShard(_Shard):
     def __init__(self, cfg: ShardConfig, resume: bytes | None,
                  bootstrap: Bootstrap | None = None) -> None:
         self.devices: dict[str, DeviceLinks] = {}
+        self.links_changed: set[str] = set()
         super().__init__(cfg, resume, bootstrap)
 
     def _restore(self, snap: dict[str, Any]) -> None:
         super()._restore(snap)
         self.devices = snap["devices"]
+        # As for states: links written since the previous snapshot may not
+        # have reached Redis before a crash; write them again.
+        for anon in snap["links_written"]:
+            device = self.devices.get(anon)
+            linked = device.linked if device is not None else None
+            self.writes[link_key(anon)] = linked.encode() if linked else None
 
     def _snapshot_dict(self) -> dict[str, Any]:
         snap = super()._snapshot_dict()
         snap["devices"] = self.devices
+        snap["links_written"] = sorted(self.links_changed)
+        self.links_changed = set()
         return snap
 
     def on_batch(self, items: list[Any]) -> tuple[Iterable[Any], bool]:
@@ -447,6 +456,7 @@ class IdentityShard(_Shard):
             if state is not None:
                 self.writes[state_key(key)] = None
             self.writes[link_key(anon)] = customer.encode()
+            self.links_changed.add(anon)
             # The merge travels ahead of the login on the same route, so the
             # customer's shard sees the device's history first.
             out.append(Merge(customer, anon, state, event.event_id))
@@ -466,4 +476,5 @@ class IdentityShard(_Shard):
         del self.devices[anon]
         if device.linked is not None:
             self.writes[link_key(anon)] = None
+            self.links_changed.add(anon)
         return None
