@@ -21,7 +21,8 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from confluent_kafka.admin import AdminClient
 
 from engage.config import Settings
-from engage.connectors.kafka import STOP_READING, EventSource, KafkaTopicsSink, client_config
+from engage.connectors.kafka import (ALL_TOPICS, EVENTS_TOPIC, STOP_READING, EventSource,
+                                     KafkaTopicsSink, client_config, ensure_topics)
 from engage.connectors.redis_store import RedisStateSink, connect, has_state, make_loader
 from engage.flows.engagement import build_flow
 from engage.monitoring.server import OpsServer
@@ -121,6 +122,10 @@ def run_engine(settings: Settings, stop_at_end: bool = False, from_end: bool = F
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.info("starting engine with %s", settings.redacted())
     recovery = prepare_recovery(settings)
+    # Topics the contract names are created when missing (never altered).
+    ensure_topics(settings.kafka_bootstrap or "", {
+        t: settings.event_partitions if t == EVENTS_TOPIC else 1 for t in ALL_TOPICS},
+        settings.kafka_config)
     flow = engine_flow(settings, stop_at_end=stop_at_end, from_end=from_end)
     tune_gc()
     ops = None
