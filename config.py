@@ -39,7 +39,8 @@ class Settings:
     addresses: tuple[str, ...] = ()
     recovery_dir: str | None = None
     snapshot_interval: str = "5s"
-    batch_size: int = 2000
+    batch_size: int = 8000
+    state_flush_interval: str = "0s"
 
     identity_shards: int = 16
     customer_shards: int = 32
@@ -96,7 +97,7 @@ class Settings:
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad setting."""
-        for name in ("snapshot_interval", "lateness", "max_future_skew", "idle_partition_after",
+        for name in ("snapshot_interval", "state_flush_interval", "lateness", "max_future_skew", "idle_partition_after",
                      "cart_abandon_after", "inactive_ttl"):
             try:
                 parse_duration(getattr(self, name))

@@ -142,7 +142,7 @@ class EventSource(FixedPartitionedSource[RawRecord, int]):
     their beginning (a new deployment that takes over existing state).
     """
 
-    def __init__(self, bootstrap: str, topic: str = EVENTS_TOPIC, batch_size: int = 2000,
+    def __init__(self, bootstrap: str, topic: str = EVENTS_TOPIC, batch_size: int = 8000,
                  stop_at_end: bool = False, extra: dict[str, str] | None = None,
                  from_end: bool = False) -> None:
         self.bootstrap = bootstrap

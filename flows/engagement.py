@@ -75,6 +75,7 @@ def build_flow(settings: Settings, source: FixedPartitionedSource[RawRecord, Any
         live=live,
         finish_on_eof=finish_on_eof,
         partitions=tuple(int(p) for p in parts if p.isdigit()),
+        flush_every_ms=settings.ms("state_flush_interval"),
     )
     router = Router(settings.identity_shards, settings.customer_shards)
 

@@ -57,6 +57,10 @@ class ShardConfig:
     finish_on_eof: bool = True
     #: Input partitions every shard waits to hear from before time moves.
     partitions: tuple[int, ...] = ()
+    #: Write changed customers to Redis at most this often (wall clock; 0 =
+    #: after every batch). A customer touched by several events in between
+    #: is serialised and written once.
+    flush_every_ms: int = 0
 
 
 class Bootstrap:
@@ -113,6 +117,7 @@ class _Shard(StatefulBatchLogic):
         self.last_clock = self.watermark.value
         self.dirty: set[str] = set()
         self.writes: dict[str, bytes | None] = {}   # this batch's Redis writes
+        self.flushed_at = 0.0
         if resume is not None:
             self._restore(pickle.loads(resume))
 
@@ -131,6 +136,9 @@ class _Shard(StatefulBatchLogic):
         self.last_clock = self.watermark.value
 
     def _snapshot_dict(self) -> dict[str, Any]:
+        # Changed but not yet flushed counts as written: after a restore it
+        # is written again like everything else of this epoch.
+        self.changed |= self.dirty
         written = list(self.changed)
         for key in self.changed:
             state = self.states.get(key)
@@ -208,7 +216,12 @@ class _Shard(StatefulBatchLogic):
         self.writes[state_key(key)] = None
         return None
 
-    def _flush(self, out: list[Any]) -> None:
+    def _flush(self, out: list[Any], force: bool = False) -> None:
+        if self.cfg.flush_every_ms and not force:
+            now = time.monotonic()
+            if (now - self.flushed_at) * 1000 < self.cfg.flush_every_ms:
+                return
+            self.flushed_at = now
         lineage = self.cfg.lineage
         cfg = self.cfg.state
         dumps = orjson.dumps
@@ -243,13 +256,13 @@ class _Shard(StatefulBatchLogic):
         metrics.CUSTOMERS_HOT.labels(self.step).set(max(len(self.states), len(self.frozen)))
 
     def on_eof(self) -> tuple[Iterable[Any], bool]:
-        """Input ended: for bounded input, let event time reach the last event and fire."""
-        if not self.cfg.finish_on_eof:
-            return (), StatefulBatchLogic.RETAIN
-        self.watermark.finish()
+        """Input ended: write what is pending; for bounded input, let event time
+        reach the last event and fire what is due by then."""
         out: list[Any] = []
-        self._advance(out)
-        self._flush(out)
+        if self.cfg.finish_on_eof:
+            self.watermark.finish()
+            self._advance(out)
+        self._flush(out, force=True)
         return out, StatefulBatchLogic.RETAIN
 
     def _advance(self, out: list[Any]) -> None:
@@ -328,13 +341,13 @@ class CustomerShard(_Shard):
             self._fire(state, due, trigger[1], out)
         self._expire(out)
 
-    def _flush(self, out: list[Any]) -> None:
+    def _flush(self, out: list[Any], force: bool = False) -> None:
         horizon = self.watermark.value - self.cfg.state.cart_abandon_after_ms
         for key in self.dirty:
             state = self.states.get(key)
             if state is not None and state.cart.checkouts:
                 state.cart.compact(horizon)
-        super()._flush(out)
+        super()._flush(out, force)
 
     def _fire(self, state: CustomerState, due: int, trigger_ids: list[str], out: list[Any]) -> None:
         decided = int(time.time() * 1000) if self.cfg.live else due

@@ -62,3 +62,20 @@ def test_a_restored_identity_shard_rewrites_its_recent_links() -> None:
     # Device events after the link are re-attributed to the customer.
     out, _ = restored.on_batch([ev("product_view", T0 + 3, None, "d1", sku="B", category="rug")])
     assert [e.user_id for e in out if type(e) is Event] == ["c1"]
+
+
+def test_a_flush_interval_writes_each_changed_customer_once_per_interval() -> None:
+    cfg = ShardConfig(state=StateConfig.default(), lateness_ms=60_000, idle_after_s=60,
+                      lineage="L", partitions=(0,), flush_every_ms=3_600_000)
+    shard = CustomerShard(cfg, None)
+    first, _ = shard.on_batch([ev("search", T0, "c1", query="a")])
+    assert set(writes_of(first)) == {state_key("c1")}  # the first batch flushes
+    later, _ = shard.on_batch([ev("search", T0 + 1, "c1", query="b"),
+                               ev("search", T0 + 2, "c2", query="c")])
+    assert writes_of(later) == {}  # held back until the interval passes...
+    # ...but what is held back is in the snapshot's rewrite list, and EOF writes it.
+    restored = CustomerShard(cfg, shard.snapshot())
+    assert restored.rewrite == {"c1", "c2"}
+    final, _ = shard.on_eof()
+    assert set(writes_of(final)) == {state_key("c1"), state_key("c2")}
+    assert orjson.loads(writes_of(final)[state_key("c1")])["lifetime"] == {"search": 2}
