@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
 from typing import Any, Mapping
 
 from engage.state.customer import StateConfig
 from engage.state.windows import parse_duration
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-DEFAULT_RULES = PACKAGE_DIR / "rules" / "catalog"
 
 
 @dataclass(frozen=True)
@@ -28,7 +25,6 @@ class Settings:
 
     kafka_bootstrap: str | None = None
     redis_url: str | None = None
-    rules: str = str(DEFAULT_RULES)
     metrics_port: int = 9108
     #: librdkafka settings passed through as they are (SASL, SSL, tuning).
     kafka_config: dict[str, str] = field(default_factory=dict)
@@ -60,7 +56,7 @@ class Settings:
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
         env_names = {"kafka_bootstrap": "ENGAGE_KAFKA_BOOTSTRAP",
-                     "redis_url": "ENGAGE_REDIS_URL", "rules": "ENGAGE_RULES",
+                     "redis_url": "ENGAGE_REDIS_URL",
                      "metrics_port": "ENGAGE_METRICS_PORT",
                      "recovery_dir": "ENGAGE_RECOVERY_DIR"}
         for f in fields(Settings):

@@ -52,8 +52,6 @@ class _IngestPartition(StatefulSourcePartition[Any, Any]):
         tick = self.clock.observe(events)
         if tick is not None:
             items.append(tick)
-            lag_s = time.time() - tick.max_ts / 1000
-            metrics.WATERMARK_LAG.set(lag_s if lag_s > 0 else 0)
         return items
 
     def next_awake(self) -> datetime | None:

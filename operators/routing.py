@@ -25,6 +25,17 @@ def shard_of(key: str, shards: int) -> str:
     return str(zlib.crc32(key.encode()) % shards)
 
 
+def needs_identity(e: Event) -> bool:
+    """True for device events and for logins that link a device to a customer.
+
+    >>> needs_identity(Event("e", "login", 0, "c-1", "d-1", None, {}))
+    True
+    >>> needs_identity(Event("e", "search", 0, "c-1", "d-1", None, {"query": "x"}))
+    False
+    """
+    return e.user_id is None or (e.anonymous_id is not None and e.type in LINKING_TYPES)
+
+
 class Router:
     """Splits ingested items between the identity and customer steps, by shard.
 
@@ -40,28 +51,23 @@ class Router:
 
     def to_identity(self, items: list[Any]) -> list[tuple[str, Any]]:
         """Device events and device-linking logins, plus ticks for every identity shard."""
-        n = self.identity_shards
-        out: list[tuple[str, Any]] = []
-        for x in items:
-            kind = type(x)
-            if kind is Event:
-                if x.user_id is None or (x.anonymous_id is not None and x.type in LINKING_TYPES):
-                    out.append((shard_of(x.anonymous_id or "", n), x))
-            elif kind is Tick:
-                out.extend((k, x) for k in self.identity_keys)
-        return out
+        return self._split(items, True, self.identity_shards, self.identity_keys)
 
     def to_customers(self, items: list[Any]) -> list[tuple[str, Any]]:
         """Events that already name their customer, plus ticks for every customer shard."""
-        n = self.customer_shards
+        return self._split(items, False, self.customer_shards, self.customer_keys)
+
+    @staticmethod
+    def _split(items: list[Any], identity: bool, shards: int,
+               tick_keys: list[str]) -> list[tuple[str, Any]]:
         out: list[tuple[str, Any]] = []
         for x in items:
             kind = type(x)
             if kind is Event:
-                if x.user_id is not None and (x.anonymous_id is None or x.type not in LINKING_TYPES):
-                    out.append((shard_of(x.user_id, n), x))
+                if needs_identity(x) is identity:
+                    out.append((shard_of((x.anonymous_id or "") if identity else x.user_id, shards), x))
             elif kind is Tick:
-                out.extend((k, x) for k in self.customer_keys)
+                out.extend((k, x) for k in tick_keys)
         return out
 
     def attributed(self, outputs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:

@@ -28,7 +28,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from engage.events import Event, anon_key
 from engage.monitoring import metrics
-from engage.operators.event_time import Watermark
+from engage.operators.event_time import NO_WATERMARK, Watermark
 from engage.operators.records import Emit, Merge, StateWrites, Tick
 from engage.rules import cart_abandon
 from engage.state.customer import CustomerState, StateConfig
@@ -321,6 +321,8 @@ class CustomerShard(_Shard):
         self._advance(out)
         self._flush(out)
         metrics.PENDING_TIMERS.labels(self.step).set(len(timers))
+        if self.watermark.value != NO_WATERMARK:
+            metrics.WATERMARK_LAG.set(max(0.0, time.time() - self.watermark.value / 1000))
         metrics.BATCH_SECONDS.labels(self.step).observe(time.perf_counter() - started)
         return out, StatefulBatchLogic.RETAIN
 

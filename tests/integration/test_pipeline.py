@@ -75,3 +75,16 @@ def test_late_events_within_lateness_land_in_their_window_later_ones_in_lifetime
     assert c1["lifetime"]["product_view"] == 3 and c1["late"] == 1
     assert "product_view|lamp" in counters(c1) and "product_view|rug" not in counters(c1)
     assert metrics.LATE_EVENTS._value.get() - before == 1
+
+
+def test_a_shared_device_is_not_merged_into_more_customers_than_allowed(stack) -> None:
+    before = metrics.IDENTITY_LINKS.labels("refused")._value.get()
+    produce(stack, [view(T0, anon="kiosk")] +
+            [login(T0 + (i + 1) * MIN, f"c-{i}", "kiosk") for i in range(4)])
+    run_engine(stack, max_links_per_device=2, event_partitions=1)
+    r = redis_client(stack)
+    assert metrics.IDENTITY_LINKS.labels("refused")._value.get() - before == 2
+    assert r.get(link_key("kiosk")) == b"c-1"
+    linked = [orjson.loads(r.get(state_key(f"c-{i}"))) for i in range(4)]
+    assert [d.get("anon_ids", []) for d in linked] == [["kiosk"], ["kiosk"], [], []]
+    assert linked[0]["lifetime"] == {"product_view": 1, "login": 1}  # the device's view went once
