@@ -101,16 +101,21 @@ class CustomerState:
         if ts > self.last_seen.get(etype, 0):
             self.last_seen[etype] = ts
         # Pruning once per event-time hour keeps stored documents small
-        # without paying for a scan on every event.
-        crossed_hour = ts // HOUR_MS > self.max_ts // HOUR_MS
-        if ts > self.max_ts:
+        # without paying for a scan on every event. The reference is the
+        # start of that hour, so what is kept never depends on which event of
+        # the hour came first.
+        if ts // HOUR_MS > self.max_ts // HOUR_MS:
             self.max_ts = ts
+            self.prune(cfg)
+        elif ts > self.max_ts:
+            self.max_ts = ts
+        ref = self.max_ts // HOUR_MS * HOUR_MS
         if e.late:
             self.late_events += 1
         elif etype in CATEGORISED_TYPES:
-            cfg.counts.add(self.counts, ts, (etype, etype + "|" + props["category"]), 1)
+            cfg.counts.add(self.counts, ts, (etype, etype + "|" + props["category"]), 1, ref)
         else:
-            cfg.counts.add(self.counts, ts, (etype,), 1)
+            cfg.counts.add(self.counts, ts, (etype,), 1, ref)
 
         # A late event must not move the cart: whether it came before or
         # after a reminder was decided would depend on how partitions
@@ -137,8 +142,6 @@ class CustomerState:
                     self._lww(self.profile, name, props[name], ts)
         elif etype == "consent_update":
             self._lww(self.consent, props["channel"], props["granted"], ts)
-        if crossed_hour:
-            self.prune(cfg)
 
     @staticmethod
     def _lww(target: dict[str, list[Any]], name: str, value: Any, ts: int) -> None:
@@ -162,13 +165,13 @@ class CustomerState:
         if self.last_order_ts is None or ts > self.last_order_ts:
             self.last_order_ts = ts
         if not e.late:
-            cfg.spend.add(self.spend, ts, _SPEND, amount)
+            cfg.spend.add(self.spend, ts, _SPEND, amount, self.max_ts // HOUR_MS * HOUR_MS)
 
     def _refund(self, e: Event, cfg: StateConfig) -> None:
         amount = float(e.props["amount"])
         self.spend_total -= amount
         if not e.late:
-            cfg.spend.add(self.spend, e.ts, _SPEND, -amount)
+            cfg.spend.add(self.spend, e.ts, _SPEND, -amount, self.max_ts // HOUR_MS * HOUR_MS)
 
     def _trim_recent_orders(self) -> None:
         while len(self.recent_orders) > RECENT_ORDERS:
@@ -179,8 +182,12 @@ class CustomerState:
         """Fold ``other`` (a device's history) into this customer."""
         for anon in other.anon_ids:
             self.add_device(anon)
-        cfg.counts.merge_into(self.counts, other.counts)
-        cfg.spend.merge_into(self.spend, other.spend)
+        if other.max_ts // HOUR_MS > self.max_ts // HOUR_MS:
+            self.max_ts = other.max_ts
+            self.prune(cfg)
+        ref = self.max_ts // HOUR_MS * HOUR_MS
+        cfg.counts.merge_into(self.counts, other.counts, ref)
+        cfg.spend.merge_into(self.spend, other.spend, ref)
         for etype, n in other.lifetime.items():
             self.lifetime[etype] = self.lifetime.get(etype, 0) + n
         for etype, ts in other.last_seen.items():

@@ -133,10 +133,19 @@ class WindowSet:
         """Fresh, empty levels for one customer."""
         return [{} for _ in self.granularities]
 
-    def add(self, levels: Levels, ts: int, names: tuple[str, ...], amount: float) -> None:
-        """Count ``amount`` for each counter in ``names`` at event time ``ts``."""
-        for level, gran in zip(levels, self.granularities):
-            idx = str(ts // gran)
+    def add(self, levels: Levels, ts: int, names: tuple[str, ...], amount: float,
+            ref_ts: int = 0) -> None:
+        """Count ``amount`` for each counter in ``names`` at event time ``ts``.
+
+        A bucket that :meth:`prune` at ``ref_ts`` would drop is not created:
+        the levels then hold exactly the buckets in reach of the reference,
+        whatever order events and pruning happened in.
+        """
+        for level, gran, horizon in zip(levels, self.granularities, self.horizons):
+            n = ts // gran
+            if n <= ref_ts // gran - horizon:
+                continue
+            idx = str(n)
             bucket = level.get(idx)
             if bucket is None:
                 bucket = level[idx] = {}
@@ -183,10 +192,13 @@ class WindowSet:
             for i in stale:
                 del level[i]
 
-    def merge_into(self, target: Levels, other: Levels) -> None:
-        """Add every bucket of ``other`` into ``target`` (identity merge)."""
-        for t_level, o_level in zip(target, other):
+    def merge_into(self, target: Levels, other: Levels, ref_ts: int = 0) -> None:
+        """Add every bucket of ``other`` in reach of ``ref_ts`` into ``target`` (identity merge)."""
+        for t_level, o_level, gran, horizon in zip(target, other, self.granularities, self.horizons):
+            low = ref_ts // gran - horizon
             for i, o_bucket in o_level.items():
+                if int(i) <= low:
+                    continue
                 bucket = t_level.get(i)
                 if bucket is None:
                     t_level[i] = dict(o_bucket)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from engage.connectors.kafka import ACTIONS_TOPIC, DLQ_TOPIC, read_topic
+from engage.connectors.kafka import ACTIONS_TOPIC, DLQ_TOPIC, EVENTS_TOPIC, produce_all, read_topic
 from engage.monitoring import metrics
 from engage.state.keys import link_key, state_key
 
@@ -79,9 +79,11 @@ def test_late_events_within_lateness_land_in_their_window_later_ones_in_lifetime
 
 def test_a_shared_device_is_not_merged_into_more_customers_than_allowed(stack) -> None:
     before = metrics.IDENTITY_LINKS.labels("refused")._value.get()
-    produce(stack, [view(T0, anon="kiosk")] +
-            [login(T0 + (i + 1) * MIN, f"c-{i}", "kiosk") for i in range(4)])
-    run_engine(stack, max_links_per_device=2, event_partitions=1)
+    # One key, so one partition: the logins arrive in the order they happened.
+    produce_all(stack.bootstrap, EVENTS_TOPIC, [
+        (b"kiosk", orjson.dumps(e)) for e in
+        [view(T0, anon="kiosk")] + [login(T0 + (i + 1) * MIN, f"c-{i}", "kiosk") for i in range(4)]])
+    run_engine(stack, max_links_per_device=2)
     r = redis_client(stack)
     assert metrics.IDENTITY_LINKS.labels("refused")._value.get() - before == 2
     assert r.get(link_key("kiosk")) == b"c-1"

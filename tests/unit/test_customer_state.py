@@ -138,3 +138,47 @@ def test_freeze_and_thaw_keep_internal_bookkeeping_too() -> None:
     assert back.to_doc(CFG) == s.to_doc(CFG)
     assert back.cart.trigger(T0 + HOUR - 1) == s.cart.trigger(T0 + HOUR - 1) == (T0, [f"add_to_cart-{T0}"])
     assert back.freeze() == s.freeze()
+
+
+STREAM = st.lists(st.tuples(
+    st.sampled_from(["product_view", "add_to_cart", "remove_from_cart", "order_paid", "search"]),
+    st.integers(0, 3 * DAY), st.sampled_from(["sofa", "lamp"])), min_size=1, max_size=25)
+
+
+def _events(spec: list, key: str, user: str | None) -> list[Event]:
+    out = []
+    for i, (etype, offset, cat) in enumerate(spec):
+        props: dict[str, object] = {"sku": cat, "category": cat, "price": 1.0, "query": "q",
+                                    "order_id": f"{key}-{i}", "amount": 2.0}
+        out.append(Event(f"{key}-{i}", etype, T0 + offset, user, None, None, props))
+    return out
+
+
+def _arrival(events: list[Event], rng: object, lateness: int) -> list[Event]:
+    return sorted(events, key=lambda e: e.ts + rng.randint(0, lateness))  # type: ignore[attr-defined]
+
+
+@settings(max_examples=120, deadline=None)
+@given(customer=STREAM, device=STREAM, seed=st.integers(0, 2 ** 32))
+def test_the_stored_document_depends_on_the_events_not_their_arrival_or_the_merge_moment(
+        customer: list, device: list, seed: int) -> None:
+    import random
+    lateness = 5 * 60_000
+    docs = []
+    for attempt in range(2):
+        rng = random.Random(seed + attempt)
+        mine = _arrival(_events(customer, "c", "c"), rng, lateness)
+        theirs = _arrival(_events(device, "d", None), rng, lateness)
+        d = CustomerState("~d", CFG)
+        merge_at = rng.randint(0, len(mine))
+        for e in theirs:
+            d.apply(e, CFG)
+        s = CustomerState("c", CFG)
+        for i, e in enumerate(mine):
+            if i == merge_at:
+                s.merge(d, CFG)
+            s.apply(e, CFG)
+        if merge_at == len(mine):
+            s.merge(d, CFG)
+        docs.append(orjson.loads(orjson.dumps(s.to_doc(CFG))))
+    assert docs[0] == docs[1]
