@@ -4,7 +4,11 @@ FROM python:3.11-slim
 WORKDIR /app/engage
 COPY pyproject.toml README.md ./
 COPY . .
-RUN pip install --no-cache-dir . && useradd --create-home engage && mkdir -p /var/lib/engage \
+# gcc lets setup.py compile the hot modules with mypyc (a third faster).
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && pip install --no-cache-dir . \
+    && apt-get purge -y gcc libc6-dev && apt-get autoremove -y && rm -rf /var/lib/apt/lists/* \
+    && useradd --create-home engage && mkdir -p /var/lib/engage \
     && chown engage /var/lib/engage
 USER engage
 ENV ENGAGE_RECOVERY_DIR=/var/lib/engage/recovery \

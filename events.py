@@ -110,15 +110,12 @@ class Event:
                 f"user={self.user_id!r}, anon={self.anonymous_id!r})")
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Event) and all(
-            getattr(self, s) == getattr(other, s) for s in self.__slots__)
+        return isinstance(other, Event) and self.__reduce__()[1] == other.__reduce__()[1]
 
-    def __getstate__(self) -> tuple:
-        return tuple(getattr(self, s) for s in self.__slots__)
-
-    def __setstate__(self, state: tuple) -> None:
-        for s, v in zip(self.__slots__, state):
-            setattr(self, s, v)
+    def __reduce__(self) -> tuple:
+        # Explicit, so pickling works the same compiled (mypyc) or not.
+        return (Event, (self.event_id, self.type, self.ts, self.user_id, self.anonymous_id,
+                        self.channel, self.props, self.partition, self.offset, self.late))
 
 
 ANON_PREFIX = "~"

@@ -109,15 +109,18 @@ class Watermark:
         if self.partitions:
             self.value = max(self.value, max(self.partitions.values()))
 
-    def __getstate__(self) -> dict:
-        # The clock function is not state; a restored watermark uses the default.
-        return {"lateness_ms": self.lateness_ms, "idle_after_s": self.idle_after_s,
-                "partitions": self.partitions, "value": self.value}
+    def __reduce__(self) -> tuple:
+        # The clock function is not state; a restored watermark uses the
+        # default. Explicit, so pickling works compiled (mypyc) or not.
+        return (_restore_watermark, (self.lateness_ms, self.idle_after_s, self.partitions,
+                                     self.value))
 
-    def __setstate__(self, state: dict) -> None:
-        # Wall-clock idleness restarts with the process: every partition
-        # gets a fresh chance to report before it counts as idle.
-        self.__init__(state["lateness_ms"], state["idle_after_s"],  # type: ignore[misc]
-                      state["partitions"])
-        self.partitions = state["partitions"]
-        self.value = state["value"]
+
+def _restore_watermark(lateness_ms: int, idle_after_s: float, partitions: dict[int, int],
+                       value: int) -> Watermark:
+    # Wall-clock idleness restarts with the process: every partition gets a
+    # fresh chance to report before it counts as idle.
+    wm = Watermark(lateness_ms, idle_after_s, partitions)
+    wm.partitions = dict(partitions)
+    wm.value = value
+    return wm

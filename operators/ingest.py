@@ -20,7 +20,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from engage.events import Event
 from engage.monitoring import metrics
 from engage.operators.event_time import NO_WATERMARK, PartitionClock
-from engage.operators.parse import parse
+from engage.operators.parse import DeadLetter, parse
 from engage.operators.records import RawRecord
 
 Now = Callable[[], float]
@@ -35,16 +35,16 @@ class _IngestPartition(StatefulSourcePartition[Any, Any]):
         self.now = now
 
     def next_batch(self) -> list[Any]:
-        records = self.inner.next_batch()
+        records = list(self.inner.next_batch())
         if not records:
             return []
         now_ms = int(self.now() * 1000)
         future = self.max_future_ms
-        items = [parse(value, key, partition, offset, now_ms, future)
-                 for partition, offset, key, value in records]
+        items: list[Any] = [parse(value, key, partition, offset, now_ms, future)
+                            for partition, offset, key, value in records]
         events = [x for x in items if type(x) is Event]
         if len(events) != len(items):
-            for reason, n in Counter(x.reason for x in items if type(x) is not Event).items():
+            for reason, n in Counter(x.reason for x in items if isinstance(x, DeadLetter)).items():
                 metrics.DEAD_LETTERS.labels(reason).inc(n)
         for etype, n in Counter(e.type for e in events).items():
             metrics.EVENTS.labels(etype).inc(n)

@@ -98,10 +98,12 @@ def _check_properties(etype: str, props: dict[str, Any]) -> None:
             if required:
                 raise Rejected(MISSING_FIELD, f"properties.{name} is required for {etype}")
             continue
-        # bool is an int in Python; a JSON true is never a valid number here.
-        if type(value) not in types or (types is NUMBER and type(value) is bool):
+        # Exact type checks: a JSON true (a Python bool, a kind of int) is
+        # never a number here. Equality, not identity, on the schema's type
+        # tuples: compiled code may copy them.
+        if type(value) not in types:
             raise Rejected(WRONG_TYPE, f"properties.{name} must be a {_type_name(types)}")
-        if types is NUMBER and value < 0:
+        if types == NUMBER and value < 0:
             reason = NEGATIVE_AMOUNT if name in ("amount", "price") else INVALID_VALUE
             raise Rejected(reason, f"properties.{name} must not be negative")
     _check_values(etype, props)

@@ -288,7 +288,7 @@ class CustomerShard(_Shard):
         started = time.perf_counter()
         out: list[Any] = []
         if self.bootstrap is not None:
-            self._prefetch(i.user_id if type(i) is Event else i.customer
+            self._prefetch((i.user_id or "") if type(i) is Event else i.customer
                            for i in items if type(i) is not Tick)
         cfg = self.cfg.state
         delay = cfg.cart_abandon_after_ms
@@ -374,11 +374,15 @@ class DeviceLinks:
         self.history: list[str] = []
         self.last_ts = 0
 
-    def __getstate__(self) -> tuple:
-        return (self.linked, self.history, self.last_ts)
+    def __reduce__(self) -> tuple:
+        # Explicit, so pickling works compiled (mypyc) or not.
+        return (_restore_device, (self.linked, self.history, self.last_ts))
 
-    def __setstate__(self, state: tuple) -> None:
-        self.linked, self.history, self.last_ts = state
+
+def _restore_device(linked: str | None, history: list[str], last_ts: int) -> DeviceLinks:
+    device = DeviceLinks()
+    device.linked, device.history, device.last_ts = linked, history, last_ts
+    return device
 
 
 class IdentityShard(_Shard):
@@ -425,7 +429,7 @@ class IdentityShard(_Shard):
         out: list[Any] = []
         cfg = self.cfg.state
         if self.bootstrap is not None:
-            self._prefetch(anon_key(i.anonymous_id) for i in items if type(i) is Event)
+            self._prefetch(anon_key(i.anonymous_id or "") for i in items if type(i) is Event)
         for item in items:
             if type(item) is Tick:
                 self.watermark.update(item)

@@ -17,11 +17,19 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 
-# Reinstall only when the dependency list changed.
+# Reinstall only when the dependency list or a compiled module's source
+# changed (setup.py compiles the hot modules with mypyc; a stale compiled
+# module would hide an edit to its .py file).
 stamp="$VENV/.engage-installed"
-want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo ">> installing engage and its dev extras into .venv"
+want="$(cd "$ROOT" && cat pyproject.toml setup.py events.py state/*.py operators/*.py rules/*.py \
+        | sha256sum | cut -d' ' -f1)"
+stale=""
+while IFS= read -r so; do
+  src="${so%%.cpython-*}.py"
+  if [ -f "$src" ] && [ "$src" -nt "$so" ]; then stale=1; fi
+done < <(find "$ROOT" -name '*.cpython-*.so' -not -path "$VENV/*" -not -path "$ROOT/build/*")
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ -n "$stale" ]; then
+  echo ">> installing engage and its dev extras into .venv (compiling the hot modules)"
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[dev]"
   echo "$want" > "$stamp"
 fi

@@ -21,7 +21,7 @@ points, which only drop operations no reminder can look at any more.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 #: How many per-SKU settle points are kept (the most recent ones).
 SETTLED_SKUS = 64
@@ -46,7 +46,6 @@ class Cart:
     """
 
     __slots__ = ("ops", "checkouts", "settled", "settled_all", "reminded", "last_order", "_view")
-    _STATE = ("ops", "checkouts", "settled", "settled_all", "reminded", "last_order")
 
     def __init__(self) -> None:
         self.ops: dict[str, list[Op]] = {}
@@ -219,9 +218,20 @@ class Cart:
 
     # ------------------------------------------------------------------ storage
     def __getstate__(self) -> tuple:
-        return tuple(getattr(self, s) for s in self._STATE)
+        return (self.ops, self.checkouts, self.settled, self.settled_all, self.reminded,
+                self.last_order)
 
-    def __setstate__(self, state: tuple) -> None:
-        for name, value in zip(self._STATE, state):
-            setattr(self, name, value)
+    def __setstate__(self, state: Sequence[Any]) -> None:
+        (self.ops, self.checkouts, self.settled, self.settled_all, self.reminded,
+         self.last_order) = state
         self._view = None
+
+    def __reduce__(self) -> tuple:
+        # Explicit, so pickling works the same compiled (mypyc) or not.
+        return (_cart_from_state, (self.__getstate__(),))
+
+
+def _cart_from_state(state: Sequence[Any]) -> Cart:
+    cart = Cart()
+    cart.__setstate__(state)
+    return cart

@@ -20,6 +20,10 @@ from engage.state.windows import HOUR_MS, WindowSet, levels_from_doc, parse_dura
 #: How many recent order ids are remembered to ignore a re-sent order.
 RECENT_ORDERS = 16
 _SPEND = ("spend",)
+#: The fields of a :class:`CustomerState`, in the order :meth:`CustomerState.freeze` writes them.
+_FIELDS = ("key", "anon_ids", "counts", "spend", "lifetime", "last_seen", "cart",
+           "first_order_ts", "last_order_ts", "orders", "spend_total",
+           "recent_orders", "max_ts", "profile", "consent", "late_events")
 _CART_TYPES = frozenset({"add_to_cart", "remove_from_cart"}) | ORDER_TYPES
 
 
@@ -64,9 +68,7 @@ class CustomerState:
     {'S1': [1, 499.0, 'sofa', 1000000]}
     """
 
-    __slots__ = ("key", "anon_ids", "counts", "spend", "lifetime", "last_seen", "cart",
-                 "first_order_ts", "last_order_ts", "orders", "spend_total",
-                 "recent_orders", "max_ts", "profile", "consent", "late_events")
+    __slots__ = _FIELDS
 
     def __init__(self, key: str, cfg: StateConfig) -> None:
         self.key = key
@@ -303,18 +305,26 @@ class CustomerState:
         JSON through orjson: several times cheaper than pickling these
         nested dicts, and snapshots take one per customer changed.
         """
-        values = [getattr(self, name) for name in self.__slots__]
-        values[self.__slots__.index("cart")] = self.cart.__getstate__()
+        values = [getattr(self, name) for name in _FIELDS]
+        values[_FIELDS.index("cart")] = self.cart.__getstate__()
         return orjson.dumps(values)
 
     @staticmethod
     def thaw(raw: bytes) -> "CustomerState":
         """Inverse of :meth:`freeze`."""
         values = orjson.loads(raw)
-        s = CustomerState.__new__(CustomerState)
-        for name, value in zip(CustomerState.__slots__, values):
-            setattr(s, name, value)
-        cart = Cart.__new__(Cart)
-        cart.__setstate__(values[CustomerState.__slots__.index("cart")])
+        s = CustomerState(values[0], _DEFAULT)  # every field is overwritten below
+        for name, value in zip(_FIELDS, values):
+            if name != "cart":
+                setattr(s, name, value)
+        cart = Cart()
+        cart.__setstate__(values[_FIELDS.index("cart")])
         s.cart = cart
         return s
+
+    def __reduce__(self) -> tuple:
+        # Explicit, so pickling works the same compiled (mypyc) or not.
+        return (CustomerState.thaw, (self.freeze(),))
+
+
+_DEFAULT = StateConfig.default()

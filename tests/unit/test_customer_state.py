@@ -182,3 +182,13 @@ def test_the_stored_document_depends_on_the_events_not_their_arrival_or_the_merg
             s.merge(d, CFG)
         docs.append(orjson.loads(orjson.dumps(s.to_doc(CFG))))
     assert docs[0] == docs[1]
+
+
+def test_states_and_events_pickle_compiled_or_not() -> None:
+    import pickle
+    s = CustomerState("c", CFG)
+    s.apply(ev("add_to_cart", T0, sku="A", category="sofa", price=10.0), CFG)
+    back = pickle.loads(pickle.dumps(s))
+    assert back.to_doc(CFG) == s.to_doc(CFG) and back.cart.lines(T0) == s.cart.lines(T0)
+    e = ev("search", T0, query="x")
+    assert pickle.loads(pickle.dumps(e)) == e
