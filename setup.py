@@ -17,6 +17,9 @@ from setuptools import setup
 ROOT = Path(__file__).resolve().parent
 
 #: Modules compiled, as paths inside the package (the repository root is `engage`).
+#: Pure logic only: compiled code frees locals after their last use, which
+#: broke a Kafka admin client's pending futures when connectors were
+#: compiled too, and the edges are not where the time goes.
 COMPILED = [
     "events.py",
     "state/windows.py",
@@ -52,7 +55,7 @@ def compiled_extensions() -> list:
     try:
         return mypycify([f"engage/{path}" for path in COMPILED], opt_level="3",
                         target_dir=str(ROOT / "build" / "mypyc"))
-    except Exception as exc:  # noqa: BLE001 - a failed compile falls back to Python
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - mypy exits on type errors
         print(f"engage: mypyc compilation failed ({exc}); installing pure Python",
               file=sys.stderr)
         return []

@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Iterable
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterable, Mapping
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -30,12 +31,15 @@ AUDIT_TOPIC = "engage.audit"
 PROFILE_CHANGES_TOPIC = "engage.profile_changes"
 ALL_TOPICS = (EVENTS_TOPIC, ACTIONS_TOPIC, DLQ_TOPIC, AUDIT_TOPIC, PROFILE_CHANGES_TOPIC)
 
+#: How long a partition with nothing buffered waits before it is polled again.
+IDLE_POLL = timedelta(milliseconds=5)
+
 #: Set on SIGINT/SIGTERM: every partition stops reading, the dataflow drains
 #: what it holds, writes it out, and the run ends without a traceback.
 STOP_READING = threading.Event()
 
 
-def client_config(bootstrap: str, extra: dict[str, str] | None = None) -> dict[str, Any]:
+def client_config(bootstrap: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Base librdkafka settings plus pass-through ones (security, tuning)."""
     conf: dict[str, Any] = {"bootstrap.servers": bootstrap}
     conf.update(extra or {})
@@ -80,6 +84,7 @@ class _EventPartition(StatefulSourcePartition[RawRecord, int]):
         self.consumer.assign([TopicPartition(topic, partition, self.next_offset)])
         self.end: int | None = None
         self.at_end = False
+        self.awake: datetime | None = None
         if stop_at_end:
             _, self.end = self.consumer.get_watermark_offsets(
                 TopicPartition(topic, partition), timeout=10.0)
@@ -89,10 +94,13 @@ class _EventPartition(StatefulSourcePartition[RawRecord, int]):
     def next_batch(self) -> list[RawRecord]:
         if STOP_READING.is_set() or self.at_end:
             raise StopIteration()
-        msgs = self.consumer.consume(self.batch_size, 0.05)
+        # Never block the worker: it serves every partition and every step.
+        # With nothing buffered, ask Bytewax to come back shortly instead.
+        msgs = self.consumer.consume(self.batch_size, 0)
+        self.awake = None if msgs else datetime.now(timezone.utc) + IDLE_POLL
         batch: list[RawRecord] = []
         append = batch.append
-        last = None
+        last = -1
         for m in msgs:
             err = m.error()
             if err is not None:
@@ -101,13 +109,13 @@ class _EventPartition(StatefulSourcePartition[RawRecord, int]):
                     # fetch's end-of-partition rather than on the offset
                     # ListOffsets gave at start: the embedded broker reports
                     # the last batch's base offset there, not the end.
-                    if self.end is not None and m.offset() >= self.end:
+                    if self.end is not None and (m.offset() or 0) >= self.end:
                         self.at_end = True
                     continue
                 raise RuntimeError(f"error reading {self.topic}[{self.partition}]: {err}")
-            last = m.offset()
+            last = m.offset() or 0
             append((self.partition, last, m.key(), m.value()))
-        if last is not None:
+        if batch:
             self.next_offset = last + 1
             metrics.EVENTS_READ.inc(len(batch))
         self._report_lag()
@@ -125,6 +133,9 @@ class _EventPartition(StatefulSourcePartition[RawRecord, int]):
             return
         pos = self.next_offset if self.next_offset >= 0 else 0
         metrics.CONSUMER_LAG.labels(self.label).set(max(0, high - pos))
+
+    def next_awake(self) -> datetime | None:
+        return self.awake
 
     def snapshot(self) -> int:
         return self.next_offset
@@ -161,7 +172,7 @@ class EventSource(FixedPartitionedSource[RawRecord, int]):
         return [str(p) for p in sorted(meta.partitions)]
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _EventPartition:
-        conf = client_config(self.bootstrap, {
+        conf: dict[str, Any] = client_config(self.bootstrap, {
             "group.id": "engage-engine",  # required by librdkafka; no group is joined
             "enable.auto.commit": False,
             "enable.partition.eof": self.stop_at_end,
