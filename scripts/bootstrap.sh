@@ -30,6 +30,8 @@ while IFS= read -r so; do
 done < <(find "$ROOT" -name '*.cpython-*.so' -not -path "$VENV/*" -not -path "$ROOT/build/*")
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ -n "$stale" ]; then
   echo ">> installing engage and its dev extras into .venv (compiling the hot modules)"
+  # Compiled modules and their runtime library from an earlier build go first.
+  find "$ROOT" \( -name '*.cpython-*.so' -o -name '*__mypyc.*' \) -not -path "$VENV/*" -delete
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[dev]"
   echo "$want" > "$stamp"
 fi
