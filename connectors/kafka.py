@@ -63,6 +63,32 @@ def ensure_topics(bootstrap: str, partitions: dict[str, int],
                 raise RuntimeError(f"could not create Kafka topic {name!r}: {exc}") from exc
 
 
+def partition_end(conf: dict[str, Any], topic: str, partition: int, timeout: float = 10.0) -> int:
+    """The offset after the last record of a partition, read from the fetch itself.
+
+    ListOffsets would do on Apache Kafka, but the embedded broker answers it
+    with the base offset of the last record batch, which would make a new
+    deployment read that batch again. Fetching from there to the
+    end-of-partition event gives the true end on both.
+    """
+    probe = Consumer({**conf, "enable.partition.eof": True, "enable.auto.commit": False})
+    try:
+        _, reported = probe.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
+        probe.assign([TopicPartition(topic, partition, reported)])
+        end = reported
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for m in probe.consume(10_000, 0.2):
+                err = m.error()
+                if err is None:
+                    end = (m.offset() or 0) + 1
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    return max(end, m.offset() or 0)
+        raise TimeoutError(f"{topic}[{partition}]: no end-of-partition within {timeout}s")
+    finally:
+        probe.close()
+
+
 class _EventPartition(StatefulSourcePartition[RawRecord, int]):
     """Reads one partition; its snapshot is the next offset to read."""
 
@@ -79,8 +105,7 @@ class _EventPartition(StatefulSourcePartition[RawRecord, int]):
         if self.next_offset == OFFSET_END:
             # A concrete offset, so a snapshot taken before the first record
             # still resumes here rather than at a later "end".
-            _, self.next_offset = self.consumer.get_watermark_offsets(
-                TopicPartition(topic, partition), timeout=10.0)
+            self.next_offset = partition_end(conf, topic, partition)
         self.consumer.assign([TopicPartition(topic, partition, self.next_offset)])
         self.end: int | None = None
         self.at_end = False
