@@ -94,6 +94,11 @@ class Bootstrap:
                 found[key] = (CustomerState.from_doc(orjson.loads(base), self.cfg), base)
         return found
 
+    def links(self, devices: list[str]) -> dict[str, str]:
+        """The customers that ``devices`` were linked to by the earlier deployment."""
+        values = self.loader([link_key(d) for d in devices])
+        return {d: v.decode() for d, v in zip(devices, values) if v is not None}
+
 
 class _Shard(StatefulBatchLogic):
     """Shared machinery: hot states, watermark, expiry, batched writes, snapshots."""
@@ -430,6 +435,7 @@ class IdentityShard(_Shard):
         cfg = self.cfg.state
         if self.bootstrap is not None:
             self._prefetch(anon_key(i.anonymous_id or "") for i in items if type(i) is Event)
+            self._prefetch_links({i.anonymous_id or "" for i in items if type(i) is Event})
         for item in items:
             if type(item) is Tick:
                 self.watermark.update(item)
@@ -456,6 +462,18 @@ class IdentityShard(_Shard):
         self._flush(out)
         metrics.BATCH_SECONDS.labels(self.step).observe(time.perf_counter() - started)
         return out, StatefulBatchLogic.RETAIN
+
+    def _prefetch_links(self, devices: set[str]) -> None:
+        """Take over the links of devices this deployment has not seen yet."""
+        assert self.bootstrap is not None
+        unknown = [d for d in devices if d not in self.devices]
+        if not unknown:
+            return
+        for anon, customer in self.bootstrap.links(unknown).items():
+            device = self.devices[anon] = DeviceLinks()
+            device.linked = customer
+            device.history = [customer]
+            heapq.heappush(self.expiry, (self.cfg.state.inactive_ttl_ms, "@" + anon))
 
     def _link(self, anon: str, device: DeviceLinks, event: Event, out: list[Any]) -> None:
         customer = event.user_id

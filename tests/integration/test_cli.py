@@ -93,17 +93,19 @@ def test_demo_runs_the_whole_engine_shows_actions_and_cleans_up() -> None:
 
 
 def test_a_new_deployment_can_take_over_state_and_continue_from_the_end(stack) -> None:
-    produce(stack, [view(T0, user="c-9"), view(T0 + HOUR, user="c-9")])
+    produce(stack, [view(T0, user="c-9"), login(T0 + MIN, "c-9", "d-9"),
+                    view(T0 + HOUR, anon="d-9")])
     run_engine(stack)
     first = orjson.loads(redis_client(stack).get(state_key("c-9")))
-    assert first["lifetime"] == {"product_view": 2}
+    assert first["lifetime"] == {"product_view": 2, "login": 1}
 
     env = {**stack.env(), "ENGAGE_METRICS_PORT": "0"}
     proc = subprocess.Popen([*ENGAGE, "run", "--no-recovery", "--start-from", "end"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         time.sleep(4)  # let it start and take its end offsets
-        produce(stack, [view(T0 + 2 * HOUR, user="c-9", category="lamp")])
+        # A device linked by the earlier deployment stays linked to its customer.
+        produce(stack, [view(T0 + 2 * HOUR, anon="d-9", category="lamp")])
         deadline = time.monotonic() + 30
         doc = first
         while time.monotonic() < deadline:
@@ -111,7 +113,8 @@ def test_a_new_deployment_can_take_over_state_and_continue_from_the_end(stack) -
             if doc["lifetime"].get("product_view") == 3:
                 break
             time.sleep(0.2)
-        assert doc["lifetime"] == {"product_view": 3}  # 2 taken over + 1 new, none twice
+        # 2 taken over + 1 new, none twice
+        assert doc["lifetime"] == {"product_view": 3, "login": 1}
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)

@@ -86,10 +86,10 @@ def test_profile_and_consent_are_last_write_wins_in_event_time() -> None:
 
 def test_storage_round_trip_keeps_everything() -> None:
     s = CustomerState("c", CFG)
-    for i, e in enumerate([ev("product_view", T0, sku="A", category="sofa"),
-                           ev("add_to_cart", T0 + 1, sku="A", category="sofa", price=10.0),
-                           ev("order_paid", T0 + 2 * DAY, order_id="o", amount=5.0),
-                           ev("consent_update", T0 + 3, channel="push", granted=True)]):
+    for e in [ev("product_view", T0, sku="A", category="sofa"),
+              ev("add_to_cart", T0 + 1, sku="A", category="sofa", price=10.0),
+              ev("order_paid", T0 + 2 * DAY, order_id="o", amount=5.0),
+              ev("consent_update", T0 + 3, channel="push", granted=True)]:
         s.apply(e, CFG)
     doc = orjson.loads(orjson.dumps(s.to_doc(CFG), option=orjson.OPT_NON_STR_KEYS))
     back = CustomerState.from_doc(doc, CFG)
@@ -117,8 +117,8 @@ def test_merging_a_device_gives_the_same_windows_and_totals_as_one_history(
     merged = build(customer, "c")
     merged.merge(build(device, "d"), CFG)
     ref = T0 + 41 * DAY
-    counts = {}
-    for etype, offset, cat in device + customer:
+    counts: dict[str, int] = {}
+    for etype, _, _ in device + customer:
         counts[etype] = counts.get(etype, 0) + 1
     assert merged.lifetime == counts
     assert merged.orders == counts.get("order_paid", 0)
