@@ -99,6 +99,8 @@ class Settings:
                 parse_duration(getattr(self, name))
             except ValueError as exc:
                 raise ValueError(f"setting {name}: {exc}") from None
+        if self.ms("inactive_ttl") < 1000:
+            raise ValueError("setting inactive_ttl: must be at least 1s (it is also the Redis TTL)")
         for name in ("workers", "processes", "batch_size", "identity_shards", "customer_shards",
                      "max_links_per_device", "event_partitions"):
             if getattr(self, name) < 1:

@@ -134,5 +134,9 @@ def anon_key(anonymous_id: str) -> str:
 
 
 def is_anon_key(key: str) -> bool:
-    """True when ``key`` names an anonymous device's state."""
+    """True when ``key`` names an anonymous device's state.
+
+    >>> is_anon_key(anon_key("d-1")), is_anon_key("c-1")
+    (True, False)
+    """
     return key.startswith(ANON_PREFIX)

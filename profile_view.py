@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from engage.config import Settings
+from engage.events import ANON_PREFIX, is_anon_key
 from engage.connectors.redis_store import connect, read_clock, read_customer
 from engage.rules.cart_abandon import iso
 from engage.state.customer import CustomerState
@@ -29,8 +30,9 @@ def build_view(settings: Settings, customer_key: str, doc: dict[str, Any],
     cart = state.cart.view(cfg.cart_abandon_after_ms)
     return {
         "customer": customer_key,
-        "ids": {"customer": None if customer_key.startswith("~") else customer_key,
-                "devices": state.anon_ids if not customer_key.startswith("~") else [customer_key[1:]]},
+        "ids": {"customer": None if is_anon_key(customer_key) else customer_key,
+                "devices": [customer_key[len(ANON_PREFIX):]] if is_anon_key(customer_key)
+                else state.anon_ids},
         "as_of": iso(ref) if ref else None,
         "windows": windows,
         "spend": {w: round(v, 2) for w, v in spend.items()},

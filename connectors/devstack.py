@@ -51,12 +51,14 @@ def _die_with_parent() -> None:
         pass
 
 
-def _wait_port(port: int, proc: subprocess.Popen[Any], what: str, timeout: float = 20.0) -> None:
+def _wait_port(port: int, proc: subprocess.Popen[Any], what: str, log: Path,
+               timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-            raise DevStackError(f"{what} exited with code {proc.returncode}:\n{out[-2000:]}")
+            text = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            log_tail = f":\n{text}" if text else ""
+            raise DevStackError(f"{what} exited with code {proc.returncode}{log_tail}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
             return
@@ -91,6 +93,7 @@ class DevStack:
         self.with_kafka = with_kafka
         self.with_redis = with_redis
         self.procs: list[subprocess.Popen[Any]] = []
+        self.logs: list[Any] = []
         self.workdir = Path(tempfile.mkdtemp(prefix="engage-dev-"))
         self.bootstrap = ""
         self.redis_url = ""
@@ -123,10 +126,10 @@ class DevStack:
         proc = subprocess.Popen(
             [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
              "--storage-engine", "memory://tansu/"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            stdout=self._log("broker"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             preexec_fn=_die_with_parent)
         self.procs.append(proc)
-        _wait_port(self.kafka_port, proc, "the embedded Kafka broker")
+        _wait_port(self.kafka_port, proc, "the embedded Kafka broker", self.workdir / "broker.log")
         self.bootstrap = f"127.0.0.1:{self.kafka_port}"
         ensure_topics(self.bootstrap, {t: (self.event_partitions if t == EVENTS_TOPIC else 1)
                                        for t in ALL_TOPICS})
@@ -140,11 +143,17 @@ class DevStack:
         proc = subprocess.Popen(
             [binary, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", str(self.workdir), "--protected-mode", "no"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            stdout=self._log("redis"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             preexec_fn=_die_with_parent)
         self.procs.append(proc)
-        _wait_port(self.redis_port, proc, "redis-server")
+        _wait_port(self.redis_port, proc, "redis-server", self.workdir / "redis.log")
         self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
+
+    def _log(self, name: str) -> Any:
+        # A file, not a pipe: a pipe nobody reads fills up and blocks the child.
+        handle = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.logs.append(handle)
+        return handle
 
     def stop(self) -> None:
         """Stop every child (SIGTERM, then SIGKILL) and remove the work dir."""
@@ -157,8 +166,9 @@ class DevStack:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-            if proc.stdout:
-                proc.stdout.close()
+        for handle in self.logs:
+            handle.close()
+        self.logs.clear()
         self.procs.clear()
         shutil.rmtree(self.workdir, ignore_errors=True)
 

@@ -28,8 +28,7 @@ EVENTS_TOPIC = "engage.events"
 ACTIONS_TOPIC = "engage.actions"
 DLQ_TOPIC = "engage.dlq"
 AUDIT_TOPIC = "engage.audit"
-PROFILE_CHANGES_TOPIC = "engage.profile_changes"
-ALL_TOPICS = (EVENTS_TOPIC, ACTIONS_TOPIC, DLQ_TOPIC, AUDIT_TOPIC, PROFILE_CHANGES_TOPIC)
+ALL_TOPICS = (EVENTS_TOPIC, ACTIONS_TOPIC, DLQ_TOPIC, AUDIT_TOPIC)
 
 #: How long a partition with nothing buffered waits before it is polled again.
 IDLE_POLL = timedelta(milliseconds=5)
@@ -201,6 +200,9 @@ class EventSource(FixedPartitionedSource[RawRecord, int]):
             "group.id": "engage-engine",  # required by librdkafka; no group is joined
             "enable.auto.commit": False,
             "enable.partition.eof": self.stop_at_end,
+            # A snapshot's offset that retention has deleted is an error to
+            # see, never a silent jump to the end of the partition.
+            "auto.offset.reset": "error",
             # The embedded broker holds every fetch for the full wait: keep it short.
             "fetch.wait.max.ms": 20,
             **self.extra,
@@ -221,8 +223,13 @@ class _ProducerPartition(StatelessSinkPartition[Emit]):
     def write_batch(self, items: list[Emit]) -> None:
         produce = self.producer.produce
         for item in items:
-            produce(item.topic, item.value, item.key, headers=list(item.headers) or None,
-                    on_delivery=self._on_delivery)
+            while True:
+                try:
+                    produce(item.topic, item.value, item.key, headers=list(item.headers) or None,
+                            on_delivery=self._on_delivery)
+                    break
+                except BufferError:
+                    self.producer.poll(0.05)  # the local queue is full: let it drain
         # Flushing per batch means Bytewax only moves on once the broker has
         # the messages: nothing accepted is lost if we crash after this.
         self.producer.flush()

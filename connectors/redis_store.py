@@ -20,7 +20,8 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from engage.monitoring import metrics
 from engage.operators.records import StateWrites
-from engage.state.keys import CLOCK_KEY, link_key, state_key
+from engage.events import anon_key
+from engage.state.keys import CLOCK_KEY, STATE_PATTERN, link_key, state_key
 
 log = logging.getLogger(__name__)
 
@@ -58,28 +59,33 @@ class _StatePartition(StatelessSinkPartition[Any]):
     Redis executes this one (Redis runs the script for as long as the engine
     takes to compute a batch; waiting for it would halve the throughput).
 
-    At most :data:`IN_FLIGHT` batches wait; beyond that ``write_batch``
-    blocks, so a slow or unreachable Redis slows the intake instead of
-    piling up memory. A batch still in flight when the process dies is
-    written again after the restart: shards mark everything written since
-    their last snapshot as dirty when they are restored.
+    At most one batch is in flight: ``write_batch`` waits for the previous
+    one first, so a slow or unreachable Redis slows the intake instead of
+    piling up memory, and a write never lags by more than one batch. A batch
+    still in flight when the process dies is written again after the
+    restart: restored shards rewrite what they wrote in their last epochs.
     """
-
-    IN_FLIGHT = 2
 
     def __init__(self, client: redis.Redis, ttl_s: int) -> None:
         self.client = client
         self.ttl = str(ttl_s)
         self.script = client.register_script(_WRITE_BATCH)
-        self.queue: queue.Queue[tuple[list[str], list[Any], int, int] | None] = \
-            queue.Queue(self.IN_FLIGHT)
+        self.queue: queue.Queue[tuple[list[str], list[Any], int, int] | None] = queue.Queue()
+        self.idle = threading.Event()
+        self.idle.set()
         self.failure: BaseException | None = None
         self.writer = threading.Thread(target=self._drain, name="redis-state-writer", daemon=True)
         self.writer.start()
 
-    def write_batch(self, items: list[StateWrites]) -> None:
+    def _wait_idle(self) -> None:
+        while not self.idle.wait(1.0):
+            if self.failure is not None or not self.writer.is_alive():
+                break
         if self.failure is not None:
             raise RuntimeError("the Redis state writer stopped") from self.failure
+
+    def write_batch(self, items: list[StateWrites]) -> None:
+        self._wait_idle()
         # Last write wins within a batch (a state set, then deleted on expiry).
         latest: dict[str, bytes | None] = {}
         clock = 0
@@ -94,6 +100,7 @@ class _StatePartition(StatelessSinkPartition[Any]):
         keys = [k for k, _ in sets] + dels + [CLOCK_KEY]
         args: list[Any] = [self.ttl, len(sets), clock]
         args.extend(v for _, v in sets)
+        self.idle.clear()
         self.queue.put((keys, args, len(sets), len(dels)))
 
     def _drain(self) -> None:
@@ -109,6 +116,7 @@ class _StatePartition(StatelessSinkPartition[Any]):
                 metrics.STATE_KEYS_WRITTEN.labels("set").inc(n_set)
                 if n_del:
                     metrics.STATE_KEYS_WRITTEN.labels("del").inc(n_del)
+                self.idle.set()
         except BaseException as exc:  # noqa: BLE001 - reported by the next write_batch
             self.failure = exc
             log.exception("Redis state writer failed")
@@ -134,11 +142,10 @@ class _StatePartition(StatelessSinkPartition[Any]):
 
     def close(self) -> None:
         """Write what is queued, then stop the writer."""
+        self._wait_idle()
         self.queue.put(None)
         self.writer.join()
         self.client.close()
-        if self.failure is not None:
-            raise RuntimeError("the Redis state writer stopped") from self.failure
 
 
 class RedisStateSink(DynamicSink[StateWrites]):
@@ -164,9 +171,9 @@ def make_loader(url: str) -> Any:
 
 def has_state(client: redis.Redis) -> bool:
     """True when Redis already holds customer state (written by any deployment)."""
-    cursor, keys = client.scan(0, match="engage:c:*", count=1000)
+    cursor, keys = client.scan(0, match=STATE_PATTERN, count=1000)
     while not keys and cursor:
-        cursor, keys = client.scan(cursor, match="engage:c:*", count=1000)
+        cursor, keys = client.scan(cursor, match=STATE_PATTERN, count=1000)
     return bool(keys)
 
 
@@ -180,7 +187,7 @@ def read_customer(client: redis.Redis, some_id: str) -> tuple[str, dict[str, Any
             key = linked.decode()
             raw = client.get(state_key(key))
         else:
-            key = "~" + some_id
+            key = anon_key(some_id)
             raw = client.get(state_key(key))
     if raw is None:
         return None

@@ -39,7 +39,7 @@ def dead_letter_messages(items: list[Any]) -> list[Emit]:
     """The original bytes of each dead letter, with the reason and its origin in headers."""
     return [Emit(DLQ_TOPIC, d.key, d.value, (
         ("engage.reason", d.reason.encode()),
-        ("engage.detail", d.detail.encode(errors="replace")[:1000]),
+        ("engage.detail", d.detail[:1000].encode(errors="replace")),
         ("engage.source", f"engage.events/{d.partition}@{d.offset}".encode()),
     )) for d in items if type(d) is DeadLetter]
 

@@ -100,10 +100,6 @@ class Watermark:
             if candidate > self.value:
                 self.value = candidate
 
-    def refresh(self) -> None:
-        """Re-check idleness (wall time moved on without ticks)."""
-        self._recompute()
-
     def finish(self) -> None:
         """Input ended: every event that will ever arrive has arrived."""
         if self.partitions:

@@ -31,6 +31,9 @@ REASONS = (INVALID_JSON, NOT_AN_OBJECT, MISSING_FIELD, WRONG_TYPE, UNKNOWN_TYPE,
 
 #: Earliest event time we accept (2000-01-01): anything before is a broken clock.
 MIN_TS_MS = 946_684_800_000
+#: Largest amount, price or other number accepted: beyond it a sum could overflow to infinity,
+#: which JSON cannot store.
+MAX_AMOUNT = 1e12
 
 
 class DeadLetter:
@@ -76,7 +79,8 @@ def parse_ts(value: Any) -> int:
         return value
     if type(value) is str:
         try:
-            dt = datetime.fromisoformat(value)
+            # Python 3.10 does not read a trailing "Z"; 3.11 does.
+            dt = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
         except ValueError:
             raise Rejected(BAD_TIMESTAMP, f"ts {value!r} is not ISO 8601") from None
         if dt.tzinfo is None:
@@ -103,9 +107,18 @@ def _check_properties(etype: str, props: dict[str, Any]) -> None:
         # tuples: compiled code may copy them.
         if type(value) not in types:
             raise Rejected(WRONG_TYPE, f"properties.{name} must be a {_type_name(types)}")
-        if types == NUMBER and value < 0:
-            reason = NEGATIVE_AMOUNT if name in ("amount", "price") else INVALID_VALUE
-            raise Rejected(reason, f"properties.{name} must not be negative")
+        if types == NUMBER:
+            if value < 0:
+                reason = NEGATIVE_AMOUNT if name in ("amount", "price") else INVALID_VALUE
+                raise Rejected(reason, f"properties.{name} must not be negative")
+            if value > MAX_AMOUNT:
+                raise Rejected(INVALID_VALUE, f"properties.{name} {value!r} is absurdly large")
+    quantity = props.get("quantity")
+    if quantity is not None:
+        # A quantity is a count: 2 or 2.0, never 1.5 or 0.
+        if quantity != int(quantity) or quantity < 1:
+            raise Rejected(INVALID_VALUE, "properties.quantity must be a whole number of at least 1")
+        props["quantity"] = int(quantity)
     _check_values(etype, props)
 
 
@@ -128,8 +141,11 @@ def _check_values(etype: str, props: dict[str, Any]) -> None:
         for i, item in enumerate(props["items"]):
             if type(item) is not dict:
                 raise Rejected(WRONG_TYPE, f"properties.items[{i}] must be an object")
+            sku = item.get("sku")
+            if sku is not None and type(sku) is not str:
+                raise Rejected(WRONG_TYPE, f"properties.items[{i}].sku must be a string")
             price = item.get("price")
-            if price is not None and (type(price) not in NUMBER or type(price) is bool):
+            if price is not None and type(price) not in NUMBER:
                 raise Rejected(WRONG_TYPE, f"properties.items[{i}].price must be a number")
             if price is not None and price < 0:
                 raise Rejected(NEGATIVE_AMOUNT, f"properties.items[{i}].price must not be negative")

@@ -21,12 +21,12 @@ class Tick(NamedTuple):
 
 
 class Merge(NamedTuple):
-    """A device's state, handed to the customer who logged in on it."""
+    """A device's state, handed to the customer who logged in on it at ``login_ts``."""
 
     customer: str
     anonymous_id: str
     state: Any  # CustomerState; Any keeps this module free of state imports
-    cause_event_id: str
+    login_ts: int
 
 
 class StateWrites(NamedTuple):

@@ -114,6 +114,7 @@ class _Shard(StatefulBatchLogic):
         # only when it changed since the last snapshot, and kept as bytes.
         self.frozen: dict[str, bytes] = {}
         self.changed: set[str] = set()
+        self.written_before: set[str] = set()
         self.rewrite: set[str] = set()
         self.watermark = Watermark(cfg.lateness_ms, cfg.idle_after_s, cfg.partitions)
         self.expiry: list[tuple[int, str]] = []
@@ -144,7 +145,10 @@ class _Shard(StatefulBatchLogic):
         # Changed but not yet flushed counts as written: after a restore it
         # is written again like everything else of this epoch.
         self.changed |= self.dirty
-        written = list(self.changed)
+        # The Redis writer can still hold the last batch of the previous
+        # epoch when this one closes: name both epochs' keys for a restore.
+        written = list(self.changed | self.written_before)
+        self.written_before = set(self.changed)
         for key in self.changed:
             state = self.states.get(key)
             if state is None:
@@ -193,8 +197,9 @@ class _Shard(StatefulBatchLogic):
         state = self.states.get(key) or self._lookup(key)
         if state is None:
             state = self.states[key] = CustomerState(key, self.cfg.state)
-            # Armed once; re-armed lazily when it comes due (see _expire).
-            heapq.heappush(self.expiry, (self.cfg.state.inactive_ttl_ms, key))
+            # Looked at on the next advance (its events are applied by then),
+            # then re-armed at last event + TTL (see _expire_one).
+            heapq.heappush(self.expiry, (0, key))
         return state
 
     # -- time
@@ -317,9 +322,11 @@ class CustomerShard(_Shard):
                 state = self._state(item.customer)
                 if item.state is not None:
                     state.merge(item.state, cfg)
+                    # The device's adds get the reminders still ahead of the
+                    # login; a cart left on a device long before is not news.
                     for ops in item.state.cart.ops.values():
                         for op in ops:
-                            if op[1] > 0:
+                            if op[1] > 0 and op[0] + delay > item.login_ts:
                                 heapq.heappush(timers, (op[0] + delay, item.customer))
                 state.add_device(item.anonymous_id)
                 dirty.add(item.customer)
@@ -409,6 +416,7 @@ class IdentityShard(_Shard):
                  bootstrap: Bootstrap | None = None) -> None:
         self.devices: dict[str, DeviceLinks] = {}
         self.links_changed: set[str] = set()
+        self.links_before: set[str] = set()
         super().__init__(cfg, resume, bootstrap)
 
     def _restore(self, snap: dict[str, Any]) -> None:
@@ -424,8 +432,8 @@ class IdentityShard(_Shard):
     def _snapshot_dict(self) -> dict[str, Any]:
         snap = super()._snapshot_dict()
         snap["devices"] = self.devices
-        snap["links_written"] = sorted(self.links_changed)
-        self.links_changed = set()
+        snap["links_written"] = sorted(self.links_changed | self.links_before)
+        self.links_before, self.links_changed = self.links_changed, set()
         return snap
 
     def on_batch(self, items: list[Any]) -> tuple[Iterable[Any], bool]:
@@ -473,7 +481,7 @@ class IdentityShard(_Shard):
             device = self.devices[anon] = DeviceLinks()
             device.linked = customer
             device.history = [customer]
-            heapq.heappush(self.expiry, (self.cfg.state.inactive_ttl_ms, "@" + anon))
+            heapq.heappush(self.expiry, (0, "@" + anon))
 
     def _link(self, anon: str, device: DeviceLinks, event: Event, out: list[Any]) -> None:
         customer = event.user_id
@@ -496,7 +504,7 @@ class IdentityShard(_Shard):
             self.links_changed.add(anon)
             # The merge travels ahead of the login on the same route, so the
             # customer's shard sees the device's history first.
-            out.append(Merge(customer, anon, state, event.event_id))
+            out.append(Merge(customer, anon, state, event.ts))
         out.append(event)
 
     def _expire_one(self, key: str, wm: int, out: list[Any]) -> int | None:

@@ -72,9 +72,11 @@ def decide(state: CustomerState, due: int, trigger_ids: list[str], delay_ms: int
            decided_at_ms: int) -> tuple[str, dict[str, Any]]:
     """Build the action (``"send"``) or the suppressed decision (``"audit"``).
 
-    Everything but ``decided_at`` is computed as of the due time, so a replay
-    produces the same document. ``decided_at_ms`` is wall time in a live
-    engine and event time in replays.
+    The cart, the trigger and the action id are computed as of the due time,
+    so a replay produces the same action. The channel follows consent as it
+    is when deciding (an opt-out takes effect at once, even if it came after
+    the due time). ``decided_at_ms`` is wall time in a live engine and event
+    time in replays.
     """
     version = rule_version(delay_ms)
     items = [{"sku": sku, "category": line[2], "price": line[1], "quantity": line[0]}

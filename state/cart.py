@@ -119,9 +119,6 @@ class Cart:
     def _settle(self, sku: str, ts: int) -> None:
         if ts > self.settled.get(sku, 0):
             self.settled[sku] = ts
-            if len(self.settled) > SETTLED_SKUS:
-                oldest = min(self.settled, key=lambda s: (self.settled[s], s))
-                del self.settled[oldest]
 
     def _settle_point(self, sku: str) -> int:
         return max(self.settled_all, self.settled.get(sku, 0))
@@ -134,6 +131,11 @@ class Cart:
                 self.ops[sku] = ops
             else:
                 del self.ops[sku]
+        # Only now, with what they settled already dropped, may the oldest
+        # settle points go (a big order would otherwise bring lines back).
+        while len(self.settled) > SETTLED_SKUS:
+            oldest = min(self.settled, key=lambda s: (self.settled[s], s))
+            del self.settled[oldest]
 
     # ------------------------------------------------------------------ views
     def _cleared_at(self, sku: str, as_of: int) -> int:

@@ -19,7 +19,12 @@ def state_key(customer_key: str) -> str:
 
 
 def base_key(customer_key: str) -> str:
-    """A copy of state written by an earlier deployment, kept until this one snapshots it."""
+    """A copy of state written by an earlier deployment, taken over by this one.
+
+    Written once when the customer is first changed here, so that a crash
+    before this deployment's first snapshot can start again from it; it
+    expires with the state TTL.
+    """
     return f"{PREFIX}:base:{{{customer_key}}}"
 
 
@@ -36,8 +41,4 @@ CLOCK_KEY = f"{PREFIX}:clock"
 """The largest event-time watermark any shard has reached (epoch ms)."""
 
 STATE_PATTERN = f"{PREFIX}:c:*"
-
-
-def customer_of_state_key(key: str) -> str:
-    """Inverse of :func:`state_key`."""
-    return key[len(PREFIX) + 4:-1]
+"""Matches every state document (SCAN pattern)."""

@@ -47,11 +47,11 @@ def parse_duration(text: str | int) -> int:
             number = text[: -len(suffix)]
             try:
                 value = float(number)
-            except ValueError:
+                if value < 0:
+                    break
+                return int(value * units[suffix])
+            except (ValueError, OverflowError):
                 break
-            if value < 0:
-                break
-            return int(value * units[suffix])
     raise ValueError(f"bad duration {text!r}: use a number and one of ms, s, m, h, d, w (e.g. '24h')")
 
 

@@ -83,3 +83,13 @@ def test_a_reminder_is_decided_on_the_cart_as_of_its_due_time() -> None:
     cart.checkout(100 + DELAY + 60, None)
     assert cart.trigger(100 + DELAY) == (100, ["e1"])  # the later order cannot reach back
     assert cart.trigger(100 + DELAY + 60) is None
+
+
+def test_an_order_of_more_skus_than_settle_points_kept_clears_them_all() -> None:
+    cart = Cart()
+    skus = [f"S{i}" for i in range(80)]
+    for i, sku in enumerate(skus):
+        cart.add(sku, 100 + i, 1, f"e{i}", 1.0, "c")
+    cart.checkout(1000, skus)
+    cart.compact(2000)
+    assert cart.lines(5000) == {} and cart.view(DELAY)["lines"] == {}

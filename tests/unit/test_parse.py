@@ -60,6 +60,12 @@ def test_iso_and_epoch_timestamps_mean_the_same_instant() -> None:
     assert iso.ts == z.ts == ms.ts == offset.ts == 1_794_910_400_000  # type: ignore[union-attr]
 
 
+def test_a_whole_quantity_written_as_a_float_is_accepted_as_a_count() -> None:
+    out = run(orjson.dumps(event(type="add_to_cart", properties={
+        "sku": "S", "category": "c", "price": 1.0, "quantity": 2.0})))
+    assert isinstance(out, Event) and out.props["quantity"] == 2 and type(out.props["quantity"]) is int
+
+
 def test_unknown_properties_are_kept() -> None:
     out = run(orjson.dumps(event(properties={"query": "x", "utm_source": "mail"})))
     assert isinstance(out, Event) and out.props["utm_source"] == "mail"
@@ -115,6 +121,14 @@ def test_anonymous_only_event_is_accepted() -> None:
     (orjson.dumps(event(type="profile_update", properties={"birthday": "31-31"})), p.INVALID_VALUE),
     (orjson.dumps(event(type="profile_update", properties={"timezone": "Mars/Olympus"})),
      p.INVALID_VALUE),
+    (orjson.dumps(event(type="order_paid", properties={"order_id": "o", "amount": 1e308})),
+     p.INVALID_VALUE),
+    (orjson.dumps(event(type="add_to_cart", properties={"sku": "S", "category": "c", "price": 1,
+                                                         "quantity": 1.5})), p.INVALID_VALUE),
+    (orjson.dumps(event(type="add_to_cart", properties={"sku": "S", "category": "c", "price": 1,
+                                                         "quantity": 0})), p.INVALID_VALUE),
+    (orjson.dumps(event(type="order_paid", properties={"order_id": "o", "amount": 5,
+                                                        "items": [{"sku": ["x"]}]})), p.WRONG_TYPE),
 ])
 def test_defects_become_dead_letters_with_reason_and_original_bytes(value: bytes | None,
                                                                      reason: str) -> None:
