@@ -17,6 +17,7 @@ against in-memory lists in pure-logic tests.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any, Callable
 
 import bytewax.operators as op
@@ -65,7 +66,8 @@ def build_flow(settings: Settings, source: FixedPartitionedSource[RawRecord, Any
     event and timers due by then fire (bounded runs, replays). A live engine
     that stops on a signal must not: its input has not ended, it paused.
     """
-    parts = source.list_parts()
+    parts = [int(p) for p in source.list_parts() if p.isdigit()]
+    router = Router(settings.identity_shards, settings.customer_shards)
     shard_cfg = ShardConfig(
         state=settings.state_config(),
         lateness_ms=settings.ms("lateness"),
@@ -74,10 +76,10 @@ def build_flow(settings: Settings, source: FixedPartitionedSource[RawRecord, Any
         max_links_per_device=settings.max_links_per_device,
         live=live,
         finish_on_eof=finish_on_eof,
-        partitions=tuple(int(p) for p in parts if p.isdigit()),
+        sources=router.identity_sources(parts),
         flush_every_ms=settings.ms("state_flush_interval"),
     )
-    router = Router(settings.identity_shards, settings.customer_shards)
+    customer_cfg = replace(shard_cfg, sources=router.customer_sources(parts))
 
     flow = Dataflow("engage")
     ingested = op.input("read_events", flow, IngestSource(
@@ -93,7 +95,7 @@ def build_flow(settings: Settings, source: FixedPartitionedSource[RawRecord, Any
                               op.flat_map_batch("route_to_customers", ingested, router.to_customers),
                               attributed)
     customers = op.stateful_batch("customers", customer_input,
-                                  lambda resume: CustomerShard(shard_cfg, resume, bootstrap))
+                                  lambda resume: CustomerShard(customer_cfg, resume, bootstrap))
 
     op.output("write_state", op.merge(
         "state_writes",

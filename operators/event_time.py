@@ -29,7 +29,7 @@ class PartitionClock:
     >>> events = [Event("a", "search", 5000, "u", None, None, {}),
     ...           Event("b", "search", 3000, "u", None, None, {})]
     >>> clock.observe(events)
-    Tick(partition=0, max_ts=5000)
+    Tick(partition=0, max_ts=5000, via=-1)
     >>> [e.late for e in events]
     [False, True]
     """
@@ -62,7 +62,11 @@ class Watermark:
     partition 1. A partition that sent nothing for ``idle_after_s`` of wall
     time stops holding it back, so a quiet partition cannot stall every timer.
 
-    >>> wm = Watermark(lateness_ms=100, idle_after_s=60, partitions=(0, 1), clock=lambda: 0.0)
+    Progress is tracked per source: an input partition, as passed on by one
+    identity shard (``(partition, via)``).
+
+    >>> wm = Watermark(lateness_ms=100, idle_after_s=60, sources=((0, -1), (1, -1)),
+    ...                clock=lambda: 0.0)
     >>> wm.update(Tick(0, 1000))
     >>> wm.value == NO_WATERMARK
     True
@@ -71,21 +75,23 @@ class Watermark:
     500
     """
 
-    def __init__(self, lateness_ms: int, idle_after_s: float, partitions: Iterable[int] = (),
+    def __init__(self, lateness_ms: int, idle_after_s: float,
+                 sources: Iterable[tuple[int, int]] = (),
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.lateness_ms = lateness_ms
         self.idle_after_s = idle_after_s
         self.clock = clock
-        self.partitions: dict[int, int] = {p: NO_WATERMARK for p in partitions}
+        self.partitions: dict[tuple[int, int], int] = {s: NO_WATERMARK for s in sources}
         started = clock()
-        self.heard: dict[int, float] = {p: started for p in self.partitions}
+        self.heard: dict[tuple[int, int], float] = {s: started for s in self.partitions}
         self.value = NO_WATERMARK
 
     def update(self, tick: Tick) -> None:
-        """Take in a partition's progress and recompute the watermark."""
-        if tick.max_ts > self.partitions.get(tick.partition, NO_WATERMARK):
-            self.partitions[tick.partition] = tick.max_ts
-        self.heard[tick.partition] = self.clock()
+        """Take in a source's progress and recompute the watermark."""
+        source = (tick.partition, tick.via)
+        if tick.max_ts > self.partitions.get(source, NO_WATERMARK):
+            self.partitions[source] = tick.max_ts
+        self.heard[source] = self.clock()
         self._recompute()
 
     def _recompute(self) -> None:
@@ -112,8 +118,8 @@ class Watermark:
                                      self.value))
 
 
-def _restore_watermark(lateness_ms: int, idle_after_s: float, partitions: dict[int, int],
-                       value: int) -> Watermark:
+def _restore_watermark(lateness_ms: int, idle_after_s: float,
+                       partitions: dict[tuple[int, int], int], value: int) -> Watermark:
     # Wall-clock idleness restarts with the process: every partition gets a
     # fresh chance to report before it counts as idle.
     wm = Watermark(lateness_ms, idle_after_s, partitions)

@@ -14,10 +14,16 @@ RawRecord = tuple[int, int, Any, Any]
 
 
 class Tick(NamedTuple):
-    """Event-time progress of one input partition: the largest ``ts`` read so far."""
+    """Event-time progress of one input partition: the largest ``ts`` read so far.
+
+    ``via`` names the identity shard that passed it on (-1: straight from the
+    source). Customer shards hear time only through the identity shards, so
+    time never overtakes a device's events on their way to the customer.
+    """
 
     partition: int
     max_ts: int
+    via: int = -1
 
 
 class Merge(NamedTuple):

@@ -50,34 +50,46 @@ class Router:
         self.customer_keys = [str(i) for i in range(customer_shards)]
 
     def to_identity(self, items: list[Any]) -> list[tuple[str, Any]]:
-        """Device events and device-linking logins, plus ticks for every identity shard."""
-        return self._split(items, True, self.identity_shards, self.identity_keys)
+        """Device events and device-linking logins, plus ticks for every identity shard.
 
-    def to_customers(self, items: list[Any]) -> list[tuple[str, Any]]:
-        """Events that already name their customer, plus ticks for every customer shard."""
-        return self._split(items, False, self.customer_shards, self.customer_keys)
-
-    @staticmethod
-    def _split(items: list[Any], identity: bool, shards: int,
-               tick_keys: list[str]) -> list[tuple[str, Any]]:
+        Each shard's copy of a tick names the shard (``via``), which passes
+        time on to the customer shards after its own events.
+        """
+        n = self.identity_shards
         out: list[tuple[str, Any]] = []
         for x in items:
             kind = type(x)
             if kind is Event:
-                if needs_identity(x) is identity:
-                    out.append((shard_of((x.anonymous_id or "") if identity else x.user_id, shards), x))
+                if needs_identity(x):
+                    out.append((shard_of(x.anonymous_id or "", n), x))
             elif kind is Tick:
-                out.extend((k, x) for k in tick_keys)
+                out.extend((k, x._replace(via=i)) for i, k in enumerate(self.identity_keys))
         return out
 
+    def to_customers(self, items: list[Any]) -> list[tuple[str, Any]]:
+        """Events that already name their customer (time reaches customers via identity)."""
+        n = self.customer_shards
+        return [(shard_of(x.user_id or "", n), x) for x in items
+                if type(x) is Event and not needs_identity(x)]
+
+    def identity_sources(self, partitions: list[int]) -> tuple[tuple[int, int], ...]:
+        """What an identity shard waits to hear from: every partition, from the source."""
+        return tuple((p, -1) for p in partitions)
+
+    def customer_sources(self, partitions: list[int]) -> tuple[tuple[int, int], ...]:
+        """What a customer shard waits to hear from: every partition, via every identity shard."""
+        return tuple((p, i) for p in partitions for i in range(self.identity_shards))
+
     def attributed(self, outputs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
-        """Events and merges the identity step re-attributed, keyed by customer shard."""
+        """Events, merges and ticks from the identity step, keyed by customer shard."""
         n = self.customer_shards
         out: list[tuple[str, Any]] = []
         for _, x in outputs:
             kind = type(x)
             if kind is Event:
-                out.append((shard_of(x.user_id, n), x))
+                out.append((shard_of(x.user_id or "", n), x))
             elif kind is Merge:
                 out.append((shard_of(x.customer, n), x))
+            elif kind is Tick:
+                out.extend((k, x) for k in self.customer_keys)
         return out

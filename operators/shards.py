@@ -55,8 +55,8 @@ class ShardConfig:
     live: bool = True
     #: At the end of bounded input, let event time reach the last event.
     finish_on_eof: bool = True
-    #: Input partitions every shard waits to hear from before time moves.
-    partitions: tuple[int, ...] = ()
+    #: Sources, ``(partition, via)``, every shard waits to hear from before time moves.
+    sources: tuple[tuple[int, int], ...] = ()
     #: Write changed customers to Redis at most this often (wall clock; 0 =
     #: after every batch). A customer touched by several events in between
     #: is serialised and written once.
@@ -116,7 +116,7 @@ class _Shard(StatefulBatchLogic):
         self.changed: set[str] = set()
         self.written_before: set[str] = set()
         self.rewrite: set[str] = set()
-        self.watermark = Watermark(cfg.lateness_ms, cfg.idle_after_s, cfg.partitions)
+        self.watermark = Watermark(cfg.lateness_ms, cfg.idle_after_s, cfg.sources)
         self.expiry: list[tuple[int, str]] = []
         self.timers: list[tuple[int, str]] = []
         self.bases: dict[str, bytes] = {}   # bootstrap copies still to write once
@@ -415,6 +415,7 @@ class IdentityShard(_Shard):
     def __init__(self, cfg: ShardConfig, resume: bytes | None,
                  bootstrap: Bootstrap | None = None) -> None:
         self.devices: dict[str, DeviceLinks] = {}
+        self.shard_id = -1   # learnt from the ticks the router addresses to this shard
         self.links_changed: set[str] = set()
         self.links_before: set[str] = set()
         super().__init__(cfg, resume, bootstrap)
@@ -440,13 +441,16 @@ class IdentityShard(_Shard):
         """Link, re-attribute or keep each device event; advance event time."""
         started = time.perf_counter()
         out: list[Any] = []
+        ticked = False
         cfg = self.cfg.state
         if self.bootstrap is not None:
             self._prefetch(anon_key(i.anonymous_id or "") for i in items if type(i) is Event)
             self._prefetch_links({i.anonymous_id or "" for i in items if type(i) is Event})
         for item in items:
             if type(item) is Tick:
-                self.watermark.update(item)
+                self.shard_id = item.via
+                self.watermark.update(item._replace(via=-1))
+                ticked = True
                 continue
             anon = item.anonymous_id
             device = self.devices.get(anon)
@@ -466,6 +470,12 @@ class IdentityShard(_Shard):
                 if item.late:
                     metrics.LATE_EVENTS.inc()
                 self.dirty.add(key)
+        if ticked:
+            # Passed on after this batch's events: on the way to the customer
+            # shards, time follows the device events, never overtakes them.
+            out.extend(Tick(partition, max_ts, self.shard_id)
+                       for (partition, _), max_ts in self.watermark.partitions.items()
+                       if max_ts != NO_WATERMARK)
         self._advance(out)
         self._flush(out)
         metrics.BATCH_SECONDS.labels(self.step).observe(time.perf_counter() - started)

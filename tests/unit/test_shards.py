@@ -13,7 +13,7 @@ from engage.state.keys import link_key, state_key
 from helpers import HOUR, T0
 
 CFG = ShardConfig(state=StateConfig.default(), lateness_ms=60_000, idle_after_s=60,
-                  lineage="L", partitions=(0,))
+                  lineage="L", sources=((0, -1),))
 
 
 def ev(etype: str, ts: int, user: str | None, anon: str | None = None, **props: object) -> Event:
@@ -69,7 +69,7 @@ def test_a_restored_identity_shard_rewrites_its_recent_links() -> None:
 
 def test_a_flush_interval_writes_each_changed_customer_once_per_interval() -> None:
     cfg = ShardConfig(state=StateConfig.default(), lateness_ms=60_000, idle_after_s=60,
-                      lineage="L", partitions=(0,), flush_every_ms=3_600_000)
+                      lineage="L", sources=((0, -1),), flush_every_ms=3_600_000)
     shard = CustomerShard(cfg, None)
     first, _ = shard.on_batch([ev("search", T0, "c1", query="a")])
     assert set(writes_of(first)) == {state_key("c1")}  # the first batch flushes
@@ -82,3 +82,19 @@ def test_a_flush_interval_writes_each_changed_customer_once_per_interval() -> No
     final, _ = shard.on_eof()
     assert set(writes_of(final)) == {state_key("c1"), state_key("c2")}
     assert orjson.loads(writes_of(final)[state_key("c1")])["lifetime"] == {"search": 2}
+
+
+def test_customer_time_waits_for_every_identity_shard_to_pass_it_on() -> None:
+    # A linked device's order travels through an identity shard; if time
+    # reached customers directly it could overtake that order and fire a
+    # reminder the order cancels. Customer shards hear time only via identity.
+    cfg = ShardConfig(state=StateConfig.default(), lateness_ms=60_000, idle_after_s=60,
+                      lineage="L", sources=((0, 0), (0, 1)))
+    shard = CustomerShard(cfg, None)
+    shard.on_batch([ev("add_to_cart", T0, "c1", sku="A", category="sofa", price=5.0)])
+    fired, _ = shard.on_batch([Tick(0, T0 + 30 * HOUR, via=0)])
+    assert not [x for x in fired if getattr(x, "topic", "") == "engage.actions"]
+    # Identity shard 1 passes on the device's order, then time.
+    order = ev("order_paid", T0 + 2 * HOUR, "c1", order_id="o", amount=5.0)
+    fired, _ = shard.on_batch([order, Tick(0, T0 + 30 * HOUR, via=1)])
+    assert not [x for x in fired if getattr(x, "topic", "") == "engage.actions"]
