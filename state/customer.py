@@ -20,6 +20,12 @@ from engage.state.windows import HOUR_MS, WindowSet, levels_from_doc, parse_dura
 #: How many recent order ids are remembered to ignore a re-sent order.
 RECENT_ORDERS = 16
 _SPEND = ("spend",)
+
+
+def _cents(amount: float) -> int:
+    """A money amount in whole cents."""
+    return round(amount * 100)
+
 #: The fields of a :class:`CustomerState`, in the order :meth:`CustomerState.freeze` writes them.
 _FIELDS = ("key", "anon_ids", "counts", "spend", "lifetime", "last_seen", "cart",
            "first_order_ts", "last_order_ts", "orders", "spend_total",
@@ -81,7 +87,9 @@ class CustomerState:
         self.first_order_ts: int | None = None
         self.last_order_ts: int | None = None
         self.orders = 0
-        self.spend_total = 0.0
+        # Money in whole cents: integer sums do not depend on the order in
+        # which orders arrive, float sums can in their last digits.
+        self.spend_total = 0
         self.recent_orders: dict[str, int] = {}   # order id -> event time
         self.max_ts = 0
         self.profile: dict[str, list[Any]] = {}    # field -> [value, ts]
@@ -158,7 +166,7 @@ class CustomerState:
             return  # the same order re-sent under a new event id: money counts once
         self.recent_orders[order_id] = e.ts
         self._trim_recent_orders()
-        amount = float(e.props["amount"])
+        amount = _cents(e.props["amount"])
         self.orders += 1
         self.spend_total += amount
         ts = e.ts
@@ -170,7 +178,7 @@ class CustomerState:
             cfg.spend.add(self.spend, ts, _SPEND, amount, self.max_ts // HOUR_MS * HOUR_MS)
 
     def _refund(self, e: Event, cfg: StateConfig) -> None:
-        amount = float(e.props["amount"])
+        amount = _cents(e.props["amount"])
         self.spend_total -= amount
         if not e.late:
             cfg.spend.add(self.spend, e.ts, _SPEND, -amount, self.max_ts // HOUR_MS * HOUR_MS)
@@ -244,11 +252,17 @@ class CustomerState:
     def spend_in(self, cfg: StateConfig, ref_ts: int) -> dict[str, float]:
         """Spend per spend window (refunds subtracted), as seen at ``ref_ts``."""
         values = cfg.spend.values(self.spend, ref_ts).get(_SPEND[0])
-        return values if values else {w.name: 0 for w in cfg.spend.windows}
+        if not values:
+            return {w.name: 0 for w in cfg.spend.windows}
+        return {name: cents / 100 for name, cents in values.items()}
 
     # ------------------------------------------------------------------ storage
     def to_doc(self, cfg: StateConfig) -> dict[str, Any]:
-        """The JSON document stored in Redis (compact, but readable)."""
+        """The JSON document stored in Redis (compact, but readable).
+
+        ``orders.spend`` is in currency units; the ``spend`` window buckets
+        are in cents.
+        """
         doc: dict[str, Any] = {
             "id": self.key,
             "max_ts": self.max_ts,
@@ -264,7 +278,7 @@ class CustomerState:
         if len(cart) > 1 or cart["lines"]:
             doc["cart"] = cart
         if self.orders or self.spend_total:
-            doc["orders"] = {"count": self.orders, "spend": round(self.spend_total, 2),
+            doc["orders"] = {"count": self.orders, "spend": self.spend_total / 100,
                              "first_ts": self.first_order_ts, "last_ts": self.last_order_ts,
                              "recent": self.recent_orders}
         if self.profile:
@@ -290,7 +304,7 @@ class CustomerState:
         orders = doc.get("orders")
         if orders:
             s.orders = orders["count"]
-            s.spend_total = orders["spend"]
+            s.spend_total = round(orders["spend"] * 100)
             s.first_order_ts = orders["first_ts"]
             s.last_order_ts = orders["last_ts"]
             s.recent_orders = dict(orders.get("recent", {}))

@@ -61,7 +61,7 @@ def test_a_resent_order_counts_once_and_refunds_reduce_spend() -> None:
     dup.event_id = "another-id"
     s.apply(dup, CFG)
     s.apply(ev("order_refunded", T0 + DAY, order_id="o1", amount=30.0, reason="size"), CFG)
-    assert s.orders == 1 and s.spend_total == 70.0
+    assert s.orders == 1 and s.spend_total == 7_000  # cents
     assert s.first_order_ts == s.last_order_ts == T0
     assert s.spend_in(CFG, T0 + DAY) == {"30d": 70.0, "365d": 70.0}
 
@@ -71,7 +71,7 @@ def test_late_events_count_in_lifetime_totals_but_not_in_windows() -> None:
     e = ev("order_paid", T0, order_id="o1", amount=50.0)
     e.late = True
     s.apply(e, CFG)
-    assert s.orders == 1 and s.spend_total == 50.0 and s.lifetime["order_paid"] == 1
+    assert s.orders == 1 and s.spend_total == 5_000 and s.lifetime["order_paid"] == 1
     assert s.spend_in(CFG, T0) == {"30d": 0, "365d": 0}
     assert s.count(CFG, "order_paid", "24h", T0) == 0 and s.late_events == 1
 

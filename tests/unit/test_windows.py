@@ -95,7 +95,7 @@ def test_spend_windows_and_pruning_keep_only_what_a_window_can_reach() -> None:
     state.apply(Event("v", "search", START + 420 * DAY_MS, "c", None, None, {"query": "x"}), CFG)
     assert state.spend_in(CFG, START + 420 * DAY_MS) == {"30d": 0, "365d": 0}
     assert all(not level for level in state.spend)  # pruned, not just out of range
-    assert state.spend_total == 430.0  # lifetime totals never slide
+    assert state.spend_total == 43_000  # cents; lifetime totals never slide
 
 
 @pytest.mark.parametrize("text, ms", [("90s", 90_000), ("15m", 900_000), ("24h", 86_400_000),
