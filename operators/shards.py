@@ -132,8 +132,8 @@ class _Shard(StatefulBatchLogic):
         # States thaw one by one on first use: a restart does not unpickle
         # customers that never come back.
         self.frozen = snap["frozen"]
-        # What was written since the snapshot before this one may not have
-        # reached Redis (the writer runs behind): write it again.
+        # What was written in the last two epochs may not have reached Redis
+        # (the writer runs up to a batch behind): write it again.
         self.rewrite = set(snap["written"])
         self.watermark = snap["watermark"]
         self.expiry = snap["expiry"]
