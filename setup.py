@@ -17,7 +17,8 @@ from setuptools import setup
 ROOT = Path(__file__).resolve().parent
 
 #: Modules compiled, as paths inside the package (the repository root is `engage`).
-#: Pure logic only, and no class that extends a Bytewax class: compiled
+#: Pure logic only, and no class that extends a Bytewax class (the shards
+#: are wrapped for Bytewax in operators/steps.py for that reason): compiled
 #: code frees locals after their last use (which broke a Kafka admin
 #: client's pending futures when connectors were compiled), and subclasses
 #: of Bytewax's typing protocols crash isinstance() when the build cannot
@@ -30,6 +31,7 @@ COMPILED = [
     "operators/parse.py",
     "operators/event_time.py",
     "operators/routing.py",
+    "operators/shards.py",
     "rules/cart_abandon.py",
 ]
 

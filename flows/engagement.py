@@ -31,7 +31,8 @@ from engage.operators.ingest import IngestSource
 from engage.operators.parse import DeadLetter
 from engage.operators.records import Emit, RawRecord, StateWrites
 from engage.operators.routing import Router
-from engage.operators.shards import Bootstrap, CustomerShard, IdentityShard, ShardConfig
+from engage.operators.shards import Bootstrap, ShardConfig
+from engage.operators.steps import customer_step, identity_step
 
 Now = Callable[[], float]
 
@@ -88,14 +89,14 @@ def build_flow(settings: Settings, source: FixedPartitionedSource[RawRecord, Any
 
     identity = op.stateful_batch(
         "identity", op.flat_map_batch("route_to_identity", ingested, router.to_identity),
-        lambda resume: IdentityShard(shard_cfg, resume, bootstrap))
+        identity_step(shard_cfg, bootstrap))
     attributed = op.flat_map_batch("route_attributed", identity, router.attributed)
 
     customer_input = op.merge("customer_input",
                               op.flat_map_batch("route_to_customers", ingested, router.to_customers),
                               attributed)
     customers = op.stateful_batch("customers", customer_input,
-                                  lambda resume: CustomerShard(customer_cfg, resume, bootstrap))
+                                  customer_step(customer_cfg, bootstrap))
 
     op.output("write_state", op.merge(
         "state_writes",

@@ -13,6 +13,9 @@ after a snapshot rewrites the same documents, never adds twice.
 
 Redis is read only to bootstrap state that an earlier deployment wrote (see
 :class:`Bootstrap`); a shard never reads per event.
+
+The shards are plain classes, compiled with mypyc (setup.py);
+:mod:`engage.operators.steps` wraps them in Bytewax's StatefulBatchLogic.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import orjson
-from bytewax.operators import StatefulBatchLogic
 
 from engage.events import Event, anon_key
 from engage.monitoring import metrics
@@ -35,6 +37,8 @@ from engage.state.customer import CustomerState, StateConfig
 from engage.state.keys import base_key, link_key, state_key
 
 CLOCK_STEP_MS = 60_000
+#: What Bytewax's StatefulBatchLogic.RETAIN means: keep the shard after this call.
+RETAIN = False
 
 Loader = Callable[[list[str]], list[bytes | None]]
 """Reads the Redis documents of several keys in one round trip (bootstrap only)."""
@@ -100,7 +104,7 @@ class Bootstrap:
         return {d: v.decode() for d, v in zip(devices, values) if v is not None}
 
 
-class _Shard(StatefulBatchLogic):
+class _Shard:
     """Shared machinery: hot states, watermark, expiry, batched writes, snapshots."""
 
     step = "shard"
@@ -273,7 +277,7 @@ class _Shard(StatefulBatchLogic):
             self.watermark.finish()
             self._advance(out)
         self._flush(out, force=True)
-        return out, StatefulBatchLogic.RETAIN
+        return out, RETAIN
 
     def _advance(self, out: list[Any]) -> None:
         self._expire(out)
@@ -336,7 +340,7 @@ class CustomerShard(_Shard):
         if self.watermark.value != NO_WATERMARK:
             metrics.WATERMARK_LAG.set(max(0.0, time.time() - self.watermark.value / 1000))
         metrics.BATCH_SECONDS.labels(self.step).observe(time.perf_counter() - started)
-        return out, StatefulBatchLogic.RETAIN
+        return out, RETAIN
 
     def _advance(self, out: list[Any]) -> None:
         wm = self.watermark.value
@@ -479,7 +483,7 @@ class IdentityShard(_Shard):
         self._advance(out)
         self._flush(out)
         metrics.BATCH_SECONDS.labels(self.step).observe(time.perf_counter() - started)
-        return out, StatefulBatchLogic.RETAIN
+        return out, RETAIN
 
     def _prefetch_links(self, devices: set[str]) -> None:
         """Take over the links of devices this deployment has not seen yet."""
