@@ -420,6 +420,7 @@ class IdentityShard(_Shard):
                  bootstrap: Bootstrap | None = None) -> None:
         self.devices: dict[str, DeviceLinks] = {}
         self.shard_id = -1   # learnt from the ticks the router addresses to this shard
+        self.forwarded: dict[int, int] = {}   # progress passed on, per partition
         self.links_changed: set[str] = set()
         self.links_before: set[str] = set()
         super().__init__(cfg, resume, bootstrap)
@@ -477,9 +478,12 @@ class IdentityShard(_Shard):
         if ticked:
             # Passed on after this batch's events: on the way to the customer
             # shards, time follows the device events, never overtakes them.
-            out.extend(Tick(partition, max_ts, self.shard_id)
-                       for (partition, _), max_ts in self.watermark.partitions.items()
-                       if max_ts != NO_WATERMARK)
+            # Only progress not passed on before: every copy fans out to
+            # every customer shard.
+            for (partition, _), max_ts in self.watermark.partitions.items():
+                if max_ts > self.forwarded.get(partition, NO_WATERMARK):
+                    self.forwarded[partition] = max_ts
+                    out.append(Tick(partition, max_ts, self.shard_id))
         self._advance(out)
         self._flush(out)
         metrics.BATCH_SECONDS.labels(self.step).observe(time.perf_counter() - started)
