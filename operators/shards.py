@@ -326,11 +326,13 @@ class CustomerShard(_Shard):
                 state = self._state(item.customer)
                 if item.state is not None:
                     state.merge(item.state, cfg)
-                    # The device's adds get the reminders still ahead of the
-                    # login; a cart left on a device long before is not news.
+                    # Every add of the device arms its timer, as it would have
+                    # had the add been attributed after the login: which of
+                    # the two happens depends on arrival order, the outcome
+                    # must not.
                     for ops in item.state.cart.ops.values():
                         for op in ops:
-                            if op[1] > 0 and op[0] + delay > item.login_ts:
+                            if op[1] > 0:
                                 heapq.heappush(timers, (op[0] + delay, item.customer))
                 state.add_device(item.anonymous_id)
                 dirty.add(item.customer)
