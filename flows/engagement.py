@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
@@ -27,14 +27,13 @@ from bytewax.outputs import Sink
 
 from engage.config import Settings
 from engage.connectors.kafka import DLQ_TOPIC
-from engage.operators.ingest import IngestSource
+from engage.operators.ingest import IngestSource, Now
 from engage.operators.parse import DeadLetter
 from engage.operators.records import Emit, RawRecord, StateWrites
 from engage.operators.routing import Router
 from engage.operators.shards import Bootstrap, ShardConfig
 from engage.operators.steps import customer_step, identity_step
 
-Now = Callable[[], float]
 
 
 def dead_letter_messages(items: list[Any]) -> list[Emit]:

@@ -27,12 +27,11 @@ class Tick(NamedTuple):
 
 
 class Merge(NamedTuple):
-    """A device's state, handed to the customer who logged in on it at ``login_ts``."""
+    """A device's state, handed to the customer who logged in on it."""
 
     customer: str
     anonymous_id: str
     state: Any  # CustomerState; Any keeps this module free of state imports
-    login_ts: int
 
 
 class StateWrites(NamedTuple):

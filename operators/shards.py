@@ -524,7 +524,7 @@ class IdentityShard(_Shard):
             self.links_changed.add(anon)
             # The merge travels ahead of the login on the same route, so the
             # customer's shard sees the device's history first.
-            out.append(Merge(customer, anon, state, event.ts))
+            out.append(Merge(customer, anon, state))
         out.append(event)
 
     def _expire_one(self, key: str, wm: int, out: list[Any]) -> int | None:
