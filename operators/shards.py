@@ -127,7 +127,9 @@ class _Shard:
         self.last_clock = self.watermark.value
         self.dirty: set[str] = set()
         self.writes: dict[str, bytes | None] = {}   # this batch's Redis writes
-        self.flushed_at = 0.0
+        # Not 0.0: the monotonic clock starts near zero on a freshly booted
+        # machine, and the first batch must flush whatever the uptime.
+        self.flushed_at = float("-inf")
         if resume is not None:
             self._restore(pickle.loads(resume))
 
