@@ -1,4 +1,4 @@
-"""Event-time sliding windows as sparse bucketed counters.
+"""Event-time sliding windows as sparse bucketed counters, rolled up as they age.
 
 A window of length ``W`` is kept at a granularity ``g`` (one minute for
 windows up to an hour, one hour up to two days, one day beyond). Its value at
@@ -8,6 +8,15 @@ slides in steps of ``g``. That definition is exact (no decay, no sampling), so
 a brute-force count over the same events gives the same number; the property
 tests check exactly that.
 
+Each amount is kept once, at the finest granularity that some window still
+needs for it: the last hour by the minute, the last day by the hour, older
+days by the day. Pruning rolls buckets that slid out of their level's reach
+into the next coarser level, and a window sums every level at or below its
+own granularity. One bucket update per event instead of one per level (the
+hot path), and documents without the same recent counts three times over.
+
+Where an amount lives depends only on its event time and the pruning
+reference, never on arrival order, so the stored document is canonical.
 Buckets are sparse dicts, so a customer who views one sofa a week costs a few
 entries, not 60 + 24 + 30 empty slots.
 """
@@ -104,7 +113,7 @@ class WindowSet:
     >>> ws.add(levels, 10 * DAY_MS, ("view",), 1)
     >>> ws.add(levels, 10 * DAY_MS - 2 * HOUR_MS, ("view", "view|sofa"), 1)
     >>> ws.value(levels, "view", "1h", 10 * DAY_MS), ws.value(levels, "view", "7d", 10 * DAY_MS)
-    (1, 2)
+    (1.0, 2.0)
     """
 
     windows: tuple[Window, ...]
@@ -114,43 +123,59 @@ class WindowSet:
     @staticmethod
     def of(lengths: list[str] | list[int]) -> "WindowSet":
         """Build a set from durations such as ``["1h", "24h", "7d", "30d"]``."""
-        grans: list[int] = []
-        horizons: dict[int, int] = {}
-        windows: list[Window] = []
+        named: list[tuple[str, int, int]] = []
         for raw in lengths:
             length = parse_duration(raw)
             if length <= 0:
                 raise ValueError(f"window {raw!r} must be longer than zero")
-            gran = granularity_for(length)
-            if gran not in grans:
-                grans.append(gran)
             name = raw.strip() if isinstance(raw, str) else format_duration(length)
-            windows.append(Window(name, length, gran, grans.index(gran)))
-            horizons[gran] = max(horizons.get(gran, 0), windows[-1].buckets)
+            named.append((name, length, granularity_for(length)))
+        # Levels run fine to coarse: pruning rolls each into the next.
+        grans = sorted({gran for _, _, gran in named})
+        horizons = {g: 0 for g in grans}
+        windows: list[Window] = []
+        for name, length, gran in named:
+            window = Window(name, length, gran, grans.index(gran))
+            windows.append(window)
+            horizons[gran] = max(horizons[gran], window.buckets)
         return WindowSet(tuple(windows), tuple(grans), tuple(horizons[g] for g in grans))
 
     def empty(self) -> Levels:
         """Fresh, empty levels for one customer."""
         return [{} for _ in self.granularities]
 
+    def _place(self, ts: int, ref_ts: int, first: int) -> int:
+        """The finest level from ``first`` on that still keeps amounts at ``ts``, or -1.
+
+        A level keeps the buckets within its horizon of the reference; what is
+        older only matters to coarser windows (or to none).
+        """
+        grans = self.granularities
+        horizons = self.horizons
+        for li in range(first, len(grans)):
+            gran = grans[li]
+            if ts // gran > ref_ts // gran - horizons[li]:
+                return li
+        return -1
+
     def add(self, levels: Levels, ts: int, names: tuple[str, ...], amount: float,
             ref_ts: int = 0) -> None:
         """Count ``amount`` for each counter in ``names`` at event time ``ts``.
 
-        A bucket that :meth:`prune` at ``ref_ts`` would drop is not created:
-        the levels then hold exactly the buckets in reach of the reference,
-        whatever order events and pruning happened in.
+        The amount goes to the bucket where :meth:`prune` at ``ref_ts`` would
+        have rolled it, and nowhere if no window can reach it: the levels then
+        hold the same buckets whatever order events and pruning happened in.
         """
-        for level, gran, horizon in zip(levels, self.granularities, self.horizons):
-            n = ts // gran
-            if n <= ref_ts // gran - horizon:
-                continue
-            idx = str(n)
-            bucket = level.get(idx)
-            if bucket is None:
-                bucket = level[idx] = {}
-            for name in names:
-                bucket[name] = bucket.get(name, 0) + amount
+        li = self._place(ts, ref_ts, 0)
+        if li < 0:
+            return
+        level = levels[li]
+        idx = str(ts // self.granularities[li])
+        bucket = level.get(idx)
+        if bucket is None:
+            bucket = level[idx] = {}
+        for name in names:
+            bucket[name] = bucket.get(name, 0) + amount
 
     def window(self, name: str) -> Window:
         """The window called ``name`` (e.g. ``"7d"``)."""
@@ -160,51 +185,87 @@ class WindowSet:
         raise KeyError(f"no window {name!r}; known: {', '.join(w.name for w in self.windows)}")
 
     def value(self, levels: Levels, counter: str, window: str, ref_ts: int) -> float:
-        """Sum of ``counter`` over the window called ``window``, seen at event time ``ref_ts``."""
+        """Sum of ``counter`` over the window called ``window``, seen at event time ``ref_ts``.
+
+        ``ref_ts`` must not be earlier than the last pruning reference (what
+        was rolled up or dropped by then is no longer at its finest grain).
+        """
         w = self.window(window)
-        top = ref_ts // w.granularity_ms
+        gran = w.granularity_ms
+        top = ref_ts // gran
         low = top - w.buckets
-        return sum(b.get(counter, 0) for i, b in levels[w.level].items() if low < int(i) <= top)
+        total: float = 0.0
+        for li in range(w.level + 1):
+            level_gran = self.granularities[li]
+            for i, bucket in levels[li].items():
+                if low < int(i) * level_gran // gran <= top:
+                    total += bucket.get(counter, 0)
+        return total
 
     def values(self, levels: Levels, ref_ts: int) -> dict[str, dict[str, float]]:
         """Every counter's value in every window at ``ref_ts``: ``{counter: {window: n}}``."""
         out: dict[str, dict[str, float]] = {}
         for w in self.windows:
-            top = ref_ts // w.granularity_ms
+            gran = w.granularity_ms
+            top = ref_ts // gran
             low = top - w.buckets
-            for i, bucket in levels[w.level].items():
-                if low < int(i) <= top:
-                    for name, n in bucket.items():
-                        per = out.setdefault(name, {x.name: 0 for x in self.windows})
-                        per[w.name] += n
+            for li in range(w.level + 1):
+                level_gran = self.granularities[li]
+                for i, bucket in levels[li].items():
+                    if low < int(i) * level_gran // gran <= top:
+                        for name, n in bucket.items():
+                            per = out.setdefault(name, {x.name: 0 for x in self.windows})
+                            per[w.name] += n
         return out
 
     def prune(self, levels: Levels, ref_ts: int) -> None:
-        """Drop buckets that no window can reach at or after ``ref_ts``.
+        """Roll up (or drop) buckets that slid out of their level's reach at ``ref_ts``.
 
         Safe because the reference time of every later query is at least
         ``ref_ts``. Callers pass a deterministic reference (the start of an
         event-time hour), so what is kept never depends on arrival order.
         """
-        for level, gran, horizon in zip(levels, self.granularities, self.horizons):
-            low = ref_ts // gran - horizon
+        grans = self.granularities
+        # Fine to coarse: a bucket rolled into a coarser level goes straight
+        # to the level that keeps it at this reference.
+        for li in range(len(grans)):
+            level = levels[li]
+            gran = grans[li]
+            low = ref_ts // gran - self.horizons[li]
             stale = [i for i in level if int(i) <= low]
             for i in stale:
-                del level[i]
+                bucket = level.pop(i)
+                start = int(i) * gran
+                target = self._place(start, ref_ts, li + 1)
+                if target >= 0:
+                    _add_bucket(levels[target], str(start // grans[target]), bucket)
 
     def merge_into(self, target: Levels, other: Levels, ref_ts: int = 0) -> None:
-        """Add every bucket of ``other`` in reach of ``ref_ts`` into ``target`` (identity merge)."""
-        for t_level, o_level, gran, horizon in zip(target, other, self.granularities, self.horizons):
-            low = ref_ts // gran - horizon
-            for i, o_bucket in o_level.items():
-                if int(i) <= low:
-                    continue
-                bucket = t_level.get(i)
-                if bucket is None:
-                    t_level[i] = dict(o_bucket)
-                else:
-                    for name, n in o_bucket.items():
-                        bucket[name] = bucket.get(name, 0) + n
+        """Add every bucket of ``other`` still in reach at ``ref_ts`` into ``target``.
+
+        ``ref_ts`` is at least ``other``'s own pruning reference (the merged
+        state takes the later of the two), so a bucket of ``other`` only ever
+        moves to a coarser level, never to a finer one.
+        """
+        grans = self.granularities
+        for li in range(len(grans)):
+            gran = grans[li]
+            for i, o_bucket in other[li].items():
+                start = int(i) * gran
+                level = self._place(start, ref_ts, li)
+                if level >= 0:
+                    idx = i if level == li else str(start // grans[level])
+                    _add_bucket(target[level], idx, o_bucket)
+
+
+def _add_bucket(level: dict[str, dict[str, float]], idx: str, bucket: dict[str, float]) -> None:
+    """Add ``bucket``'s counters into ``level[idx]`` (a copy, never shared)."""
+    mine = level.get(idx)
+    if mine is None:
+        level[idx] = dict(bucket)
+    else:
+        for name, n in bucket.items():
+            mine[name] = mine.get(name, 0) + n
 
 
 def levels_from_doc(doc: list[dict[str, dict[str, float]]]) -> Levels:

@@ -84,6 +84,30 @@ def test_bucketed_window_is_within_one_granule_of_the_exact_sliding_window(
                             if ref - w.length_ms + w.granularity_ms <= START + ts <= ref)
 
 
+@settings(max_examples=150, deadline=None)
+@given(stamps=st.lists(st.integers(0, 40 * DAY_MS), min_size=1, max_size=80),
+       steps=st.lists(st.integers(0, 3 * DAY_MS), min_size=1, max_size=80))
+def test_roll_up_keeps_each_amount_once_where_its_event_time_says(
+        stamps: list[int], steps: list[int]) -> None:
+    # However pruning interleaves with arrivals, the levels end up exactly as
+    # if every event had arrived after the last pruning: a canonical document.
+    ws = WindowSet.of(["1h", "24h", "7d", "30d"])
+    rolled = ws.empty()
+    ref = START
+    for ts, step in zip(stamps, steps + [0] * len(stamps)):
+        ref += step
+        ws.prune(rolled, ref)
+        ws.add(rolled, START + ts, ("n",), 1, ref)
+    ws.prune(rolled, ref)
+    direct = ws.empty()
+    for ts in stamps:
+        ws.add(direct, START + ts, ("n",), 1, ref)
+    assert rolled == direct
+    # Each amount is stored once, at one level: nothing counted twice.
+    kept = sum(b["n"] for level in rolled for b in level.values())
+    assert kept == sum(1 for ts in stamps if (START + ts) // DAY_MS > ref // DAY_MS - 30)
+
+
 def test_spend_windows_and_pruning_keep_only_what_a_window_can_reach() -> None:
     state = CustomerState("c", CFG)
     for i, amount in enumerate([100.0, 250.0, 80.0]):
