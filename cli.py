@@ -1,6 +1,6 @@
 """The ``engage`` command-line program.
 
-Sub-commands: ``run``, ``demo``, ``profile``, ``bench``. Each exits non-zero
+Sub-commands: ``run``, ``demo``, ``profile``, ``rules validate``, ``bench``. Each exits non-zero
 with a one-line reason on bad input or configuration.
 """
 
@@ -78,6 +78,23 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return show_profile(settings, args.user_id, as_json=args.json)
 
 
+def cmd_rules_validate(args: argparse.Namespace) -> int:
+    """Check rule files: exit 0 when all are valid, else 1 with every error as file:line: message."""
+    from engage.rules.loader import CATALOG_DIR, rule_files, validate  # noqa: PLC0415
+
+    paths = args.paths or [str(CATALOG_DIR)]
+    errors = validate(paths)
+    for e in errors:
+        print(e)
+    if errors:
+        files = {e.file for e in errors}
+        print(f"{len(errors)} error(s) in {len(files)} file(s)", file=sys.stderr)
+        return 1
+    files, _ = rule_files(paths)
+    print(f"ok: {len(files)} file(s) valid", file=sys.stderr)
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """Throughput of the pipeline beside a per-event baseline and the raw consume rate."""
     from engage.benchmarks.bench import main as bench_main  # noqa: PLC0415
@@ -115,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--json", action="store_true", help="machine-readable output")
     profile.add_argument("--redis-url", dest="redis_url")
     profile.set_defaults(func=cmd_profile)
+
+    rules = sub.add_parser("rules", help="work with rule files")
+    rules_sub = rules.add_subparsers(dest="rules_command", required=True)
+    validate = rules_sub.add_parser("validate", help=cmd_rules_validate.__doc__)
+    validate.add_argument("paths", nargs="*", metavar="PATH",
+                          help="rule files or directories (default: the shipped catalog)")
+    validate.set_defaults(func=cmd_rules_validate)
 
     bench = sub.add_parser("bench", help=cmd_bench.__doc__)
     bench.add_argument("--events", type=int, default=300_000)
