@@ -38,3 +38,14 @@ WATERMARK_LAG = Gauge("engage_watermark_lag_seconds",
 CONSUMER_LAG = Gauge("engage_consumer_lag_messages",
                      "Messages on the broker not yet read, per input partition.", ["partition"])
 EVENTS_READ = Counter("engage_records_read_total", "Records read from the input topic.")
+LEDGER_SECONDS = Histogram("engage_contact_ledger_seconds",
+                           "Time of one contact-ledger check (caps, conflict groups) for a batch.")
+ACTIONS_DEFERRED = Counter("engage_actions_deferred_total",
+                           "Decisions held back to be sent later, by rule and reason "
+                           "(quiet_hours, arbitration).", ["rule_id", "reason"])
+RULE_EVAL_ERRORS = Counter("engage_rule_eval_errors_total",
+                           "Conditions that could not be decided (missing value, type clash); "
+                           "the rule did not fire.", ["rule_id"])
+RULE_RELOADS = Counter("engage_rule_reloads_total",
+                       "Rule file reloads, by outcome (ok, refused).", ["outcome"])
+RULES_LOADED = Gauge("engage_rules_loaded", "Rules currently in force.")

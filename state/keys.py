@@ -42,3 +42,12 @@ CLOCK_KEY = f"{PREFIX}:clock"
 
 STATE_PATTERN = f"{PREFIX}:c:*"
 """Matches every state document (SCAN pattern)."""
+
+
+def contact_keys(customer: str) -> tuple[str, str]:
+    """The contact ledger of a customer: sent action ids by event time, and what each was.
+
+    >>> contact_keys("c-1")
+    ('engage:sent:{c-1}', 'engage:sentmeta:{c-1}')
+    """
+    return f"{PREFIX}:sent:{{{customer}}}", f"{PREFIX}:sentmeta:{{{customer}}}"

@@ -1,0 +1,169 @@
+"""The contact ledger in Redis: caps and conflict groups checked for a whole batch in one script.
+
+Same algorithm as :mod:`engage.state.contact` (the reference, tested to give
+the same verdicts), run atomically server-side: one ``EVALSHA`` per batch of
+candidates, whatever their number, and correct however many workers call it.
+Per customer, a sorted set holds the admitted action ids by event time and a
+hash what each one was (rule, channel, conflict group); both share the
+customer's hash tag.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import orjson
+import redis
+
+from engage.connectors.redis_store import RETRY_BACKOFF_S, connect
+from engage.monitoring import metrics
+from engage.state.contact import LedgerRequest
+from engage.state.keys import contact_keys
+
+log = logging.getLogger(__name__)
+
+# KEYS: per customer, its sorted set then its hash.
+# ARGV[1]: ttl in ms; ARGV[2]: JSON [[customer index (1-based), request wire form], ...].
+# Returns a JSON list of verdicts, in order.
+_DECIDE = r"""
+local ttl = tonumber(ARGV[1])
+local reqs = cjson.decode(ARGV[2])
+local SEP = '\31'
+local out = {}
+
+local function split(meta)
+  local a, b = string.find(meta, SEP, 1, true)
+  local c, d = string.find(meta, SEP, b + 1, true)
+  return string.sub(meta, 1, a - 1), string.sub(meta, b + 1, c - 1), string.sub(meta, d + 1)
+end
+
+local function cap_allows(times, ts, cap)
+  local mx, lo, hi, per = cap[3], cap[4], cap[5], cap[6]
+  if per <= 0 then
+    local n = 0
+    for _, t in ipairs(times) do if t >= lo and t < hi then n = n + 1 end end
+    return n + 1 <= mx
+  end
+  local near = {ts}
+  for _, t in ipairs(times) do
+    if t > ts - per and t < ts + per then near[#near + 1] = t end
+  end
+  table.sort(near)
+  for _, start in ipairs(near) do
+    if start > ts then break end
+    if start > ts - per then
+      local n = 0
+      for _, t in ipairs(near) do
+        if t >= start and t < start + per then n = n + 1 end
+      end
+      if n > mx then return false end
+    end
+  end
+  return true
+end
+
+for i, item in ipairs(reqs) do
+  local z, h = KEYS[2 * item[1] - 1], KEYS[2 * item[1]]
+  local r = item[2]
+  local id, ts, rule, channel, group, gw, caps, keep = r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8]
+  if redis.call('ZSCORE', z, id) then
+    out[i] = 'send'
+  else
+    local lo, hi = ts - gw, ts + gw
+    for _, cap in ipairs(caps) do
+      if cap[4] < lo then lo = cap[4] end
+      if cap[5] > hi then hi = cap[5] end
+    end
+    local rows = redis.call('ZRANGEBYSCORE', z, lo, hi, 'WITHSCORES')
+    local ids, times = {}, {}
+    for j = 1, #rows, 2 do
+      ids[#ids + 1] = rows[j]
+      times[#times + 1] = tonumber(rows[j + 1])
+    end
+    local metas = {}
+    if #ids > 0 then metas = redis.call('HMGET', h, unpack(ids)) end
+    local entries = {}
+    for j = 1, #ids do
+      local m = metas[j]
+      if m then
+        local er, ec, eg = split(m)
+        entries[#entries + 1] = {times[j], er, ec, eg}
+      end
+    end
+    local verdict = 'send'
+    for _, cap in ipairs(caps) do
+      local scoped = {}
+      for _, e in ipairs(entries) do
+        if cap[1] == 'all' or (cap[1] == 'channel' and e[3] == cap[2])
+           or (cap[1] == 'rule' and e[2] == cap[2]) then
+          scoped[#scoped + 1] = e[1]
+        end
+      end
+      if not cap_allows(scoped, ts, cap) then verdict = 'cap' break end
+    end
+    if verdict == 'send' and group ~= '' then
+      for _, e in ipairs(entries) do
+        if e[4] == group and math.abs(e[1] - ts) < gw then verdict = 'conflict' break end
+      end
+    end
+    if verdict == 'send' then
+      redis.call('ZADD', z, ts, id)
+      redis.call('HSET', h, id, rule .. SEP .. channel .. SEP .. group)
+      local old = redis.call('ZRANGEBYSCORE', z, '-inf', '(' .. (ts - keep))
+      if #old > 0 then
+        redis.call('ZREM', z, unpack(old))
+        redis.call('HDEL', h, unpack(old))
+      end
+      redis.call('PEXPIRE', z, ttl)
+      redis.call('PEXPIRE', h, ttl)
+    end
+    out[i] = verdict
+  end
+end
+return cjson.encode(out)
+"""
+
+
+class RedisLedger:
+    """Decides batches of :class:`LedgerRequest` against the ledger in Redis."""
+
+    def __init__(self, url: str, ttl_ms: int) -> None:
+        self.client: redis.Redis = connect(url)
+        self.ttl_ms = ttl_ms
+        self.script = self.client.register_script(_DECIDE)
+
+    def decide(self, requests: list[LedgerRequest]) -> list[str]:
+        """Verdicts (send, cap, conflict) in order; admitted requests are recorded."""
+        if not requests:
+            return []
+        index: dict[str, int] = {}
+        keys: list[str] = []
+        wire: list[Any] = []
+        for req in requests:
+            i = index.get(req.customer)
+            if i is None:
+                i = index[req.customer] = len(index) + 1
+                keys.extend(contact_keys(req.customer))
+            wire.append([i, req.to_wire()])
+        args = [self.ttl_ms, orjson.dumps(wire)]
+        attempt = 0
+        while True:
+            try:
+                started = time.perf_counter()
+                raw = self.script(keys=keys, args=args)
+                metrics.LEDGER_SECONDS.observe(time.perf_counter() - started)
+                return [str(v) for v in orjson.loads(raw)]
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+                # Like state writes: wait for Redis rather than send unchecked.
+                metrics.REDIS_ERRORS.inc()
+                delay = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
+                if attempt % 10 == 0:
+                    log.warning("contact ledger unreachable (%s); retrying in %.2fs", exc, delay)
+                time.sleep(delay)
+                attempt += 1
+
+    def close(self) -> None:
+        """Release the connection."""
+        self.client.close()
