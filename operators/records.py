@@ -52,3 +52,21 @@ class Emit(NamedTuple):
     key: bytes | None
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...] = ()
+
+
+class Decision(NamedTuple):
+    """A rule's decision for one customer, on its way to the contact ledger and out.
+
+    ``doc`` is the action in the contract's format; with a ``reason`` it was
+    refused before the ledger (cooldown, control, consent, quiet hours, ...)
+    and goes to the audit topic. ``request`` is what the ledger checks (None
+    for refused and for transactional decisions, which caps do not apply to).
+    """
+
+    doc: dict[str, Any]
+    request: Any = None        # LedgerRequest
+    priority: int = 0
+    transactional: bool = False
+    retried: bool = False      # already waited once after losing an arbitration
+    trigger_ts: int = 0
+    anchor: str = ""

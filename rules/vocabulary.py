@@ -10,7 +10,7 @@ Customer fields (every rule)::
     <type>_<window>            events of a type in a count window, e.g. product_view_7d
     spend_<window>             spend in a spend window, e.g. spend_30d
     orders, lifetime_spend     lifetime order count and spend
-    cart_items, cart_value     the cart now
+    cart_items, cart_value     the cart now (cart: its lines; cart_categories)
     days_since_last_order, days_since_first_order, days_since_last_visit
     region, timezone, preferred_channel, birthday
     tags, segment, stage, tier, churn_risk, repurchase_30d   (the profile's; empty until set)
@@ -40,7 +40,8 @@ PROFILE_FIELDS = ("region", "timezone", "preferred_channel", "birthday")
 #: Filled by the profile (tags, segments, stages, tiers) and the models; until
 #: they are, a rule reading them sees an empty list or null.
 PROFILE_VIEWS = ("tags", "segment", "stage", "tier", "churn_risk", "repurchase_30d")
-CUSTOMER_SCALARS = ("user_id", "orders", "lifetime_spend", "cart_items", "cart_value",
+CUSTOMER_SCALARS = ("user_id", "orders", "lifetime_spend", "cart_items", "cart_value", "cart",
+                    "cart_categories",
                     "days_since_last_order", "days_since_first_order", "days_since_last_visit")
 EVENT_FIELDS = ("event.type", "event.channel", "event.ts", "event.event_id")
 CHANGE_FIELDS = ("change.kind", "change.name", "change.from", "change.to")

@@ -29,7 +29,8 @@ def _cents(amount: float) -> int:
 #: The fields of a :class:`CustomerState`, in the order :meth:`CustomerState.freeze` writes them.
 _FIELDS = ("key", "anon_ids", "counts", "spend", "lifetime", "last_seen", "cart",
            "first_order_ts", "last_order_ts", "orders", "spend_total",
-           "recent_orders", "max_ts", "profile", "consent", "late_events")
+           "recent_orders", "max_ts", "profile", "consent", "late_events",
+           "marks", "fired", "armed")
 _CART_TYPES = frozenset({"add_to_cart", "remove_from_cart"}) | ORDER_TYPES
 
 
@@ -95,6 +96,11 @@ class CustomerState:
         self.profile: dict[str, list[Any]] = {}    # field -> [value, ts]
         self.consent: dict[str, list[Any]] = {}    # channel -> [granted, ts]
         self.late_events = 0
+        # Kept by the rule runner (engage.rules.decide), here so that they are
+        # snapshotted, merged and expired with the rest of the customer:
+        self.marks: dict[str, list[Any]] = {}     # event type -> [floor ts, [[ts, event id], ...]]
+        self.fired: dict[str, list[int]] = {}     # rule id -> [last decision ts, last period]
+        self.armed: dict[str, int] = {}           # schedule rule id -> due time armed
 
     # ------------------------------------------------------------------ updates
     def apply(self, e: Event, cfg: StateConfig) -> None:
@@ -221,6 +227,18 @@ class CustomerState:
             self._lww(self.profile, name, value, ts)
         for channel, (granted, ts) in other.consent.items():
             self._lww(self.consent, channel, granted, ts)
+        for etype, (floor, pairs) in other.marks.items():
+            mine = self.marks.get(etype)
+            if mine is None:
+                self.marks[etype] = [floor, [list(p) for p in pairs]]
+                continue
+            merged = sorted({(p[0], p[1]) for p in mine[1]} | {(p[0], p[1]) for p in pairs})
+            mine[0] = max(mine[0], floor)
+            mine[1] = [list(p) for p in merged]
+        for rule_id, (last, period) in other.fired.items():
+            mine_fired = self.fired.get(rule_id)
+            self.fired[rule_id] = [last, period] if mine_fired is None else \
+                [max(mine_fired[0], last), max(mine_fired[1], period)]
 
     def add_device(self, anonymous_id: str) -> None:
         """Record a device linked to this customer (kept sorted: a set, not a history)."""
@@ -287,6 +305,8 @@ class CustomerState:
             doc["consent"] = self.consent
         if self.late_events:
             doc["late"] = self.late_events
+        if self.fired:
+            doc["rules"] = self.fired
         return doc
 
     @staticmethod
@@ -311,6 +331,7 @@ class CustomerState:
         s.profile = {k: list(v) for k, v in doc.get("profile", {}).items()}
         s.consent = {k: list(v) for k, v in doc.get("consent", {}).items()}
         s.late_events = doc.get("late", 0)
+        s.fired = {k: list(v) for k, v in doc.get("rules", {}).items()}
         return s
 
     def freeze(self) -> bytes:
