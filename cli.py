@@ -35,6 +35,8 @@ def _engine_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lateness", help="allowed event lateness, e.g. 5m")
     p.add_argument("--max-future-skew", dest="max_future_skew",
                    help="events further in the future are dead-lettered, e.g. 5m")
+    p.add_argument("--rules", help="rule files or directories, separated by ',' "
+                   "(env ENGAGE_RULES; default: the shipped catalog)")
     p.add_argument("--kafka-config", dest="kafka_config",
                    help="extra librdkafka settings, k=v,k=v (SASL/SSL pass through here)")
 

@@ -49,6 +49,11 @@ class Settings:
     inactive_ttl: str = "400d"
     max_links_per_device: int = 3
     event_partitions: int = 3
+    #: Rule files or directories, separated by ',' (env ENGAGE_RULES); the
+    #: shipped catalog when unset.
+    rules: str | None = None
+    #: How often rule files are checked for changes while running ("0s": never).
+    rules_reload_interval: str = "5s"
 
     @staticmethod
     def load(flags: Mapping[str, Any], env: Mapping[str, str] | None = None) -> "Settings":
@@ -94,7 +99,7 @@ class Settings:
     def validate(self) -> None:
         """Raise ValueError naming the first bad setting."""
         for name in ("snapshot_interval", "state_flush_interval", "lateness", "max_future_skew", "idle_partition_after",
-                     "cart_abandon_after", "inactive_ttl"):
+                     "cart_abandon_after", "inactive_ttl", "rules_reload_interval"):
             try:
                 parse_duration(getattr(self, name))
             except ValueError as exc:

@@ -44,9 +44,10 @@ def _stop(proc: subprocess.Popen[Any]) -> None:
 
 def _print_action(doc: dict[str, Any]) -> None:
     payload = doc.get("payload", {})
-    print(f"  ACTION {doc['trigger_ts'][:16]}  {doc['rule_id']:18s} {doc['user_id']:10s} "
-          f"via {doc['channel']:6s} cart {payload.get('cart_value')} "
-          f"({len(payload.get('items', []))} item(s))  id {doc['action_id']}", flush=True)
+    variant = f" [{doc['variant']}]" if doc.get("variant") else ""
+    what = payload.get("template") or ", ".join(sorted(payload))[:30]
+    print(f"  ACTION {doc['trigger_ts'][:16]}  {doc['rule_id'] + variant:28s} {doc['user_id']:10s} "
+          f"via {doc['channel']:6s} {what}  id {doc['action_id']}", flush=True)
 
 
 def run_demo(seconds: float, rate: float, speed: float, metrics_port: int | None,

@@ -15,7 +15,7 @@ import orjson
 from engage.config import Settings
 from engage.events import ANON_PREFIX, is_anon_key
 from engage.connectors.redis_store import connect, read_clock, read_customer
-from engage.rules.cart_abandon import iso
+from engage.rules.decide import iso
 from engage.state.customer import CustomerState
 
 

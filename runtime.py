@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import logging
 import signal
+import threading
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -23,10 +24,13 @@ from confluent_kafka.admin import AdminClient
 from engage.config import Settings
 from engage.connectors.kafka import (ALL_TOPICS, EVENTS_TOPIC, STOP_READING, EventSource,
                                      KafkaTopicsSink, client_config, ensure_topics)
+from engage.connectors.redis_ledger import RedisLedger
 from engage.connectors.redis_store import RedisStateSink, connect, has_state, make_loader
 from engage.flows.engagement import build_flow
 from engage.monitoring.server import OpsServer
+from engage.operators.contact import ContactPolicy
 from engage.operators.shards import Bootstrap
+from engage.rules.book import RuleBook, rule_paths
 
 log = logging.getLogger("engage")
 
@@ -71,7 +75,8 @@ def prepare_recovery(settings: Settings) -> RecoveryConfig | None:
     return RecoveryConfig(str(path))
 
 
-def engine_flow(settings: Settings, stop_at_end: bool = False, from_end: bool = False) -> Dataflow:
+def engine_flow(settings: Settings, stop_at_end: bool = False, from_end: bool = False,
+                book: RuleBook | None = None) -> Dataflow:
     """The production dataflow against the configured Kafka and Redis."""
     if not settings.kafka_bootstrap or not settings.redis_url:
         raise ValueError("ENGAGE_KAFKA_BOOTSTRAP and ENGAGE_REDIS_URL must be set "
@@ -81,11 +86,36 @@ def engine_flow(settings: Settings, stop_at_end: bool = False, from_end: bool = 
                  if boot else None)
     source = EventSource(settings.kafka_bootstrap, batch_size=settings.batch_size,
                          stop_at_end=stop_at_end, extra=settings.kafka_config, from_end=from_end)
+    book = book or load_rule_book(settings)
+    url, ttl = settings.redis_url, settings.ms("inactive_ttl")
     flow = build_flow(settings, source,
-                      RedisStateSink(settings.redis_url, settings.ms("inactive_ttl") // 1000),
+                      RedisStateSink(settings.redis_url, ttl // 1000),
                       KafkaTopicsSink(settings.kafka_bootstrap, settings.kafka_config),
-                      lineage=line, bootstrap=bootstrap, finish_on_eof=stop_at_end)
+                      lineage=line, bootstrap=bootstrap, finish_on_eof=stop_at_end,
+                      rules=book, contact=ContactPolicy(lambda: RedisLedger(url, ttl)))
     return flow
+
+
+def load_rule_book(settings: Settings) -> RuleBook:
+    """The rules named by the settings; refuses to start on any error in them."""
+    return RuleBook.load(rule_paths(settings.rules), settings.state_config())
+
+
+def watch_rules(book: RuleBook, interval_s: float) -> threading.Thread | None:
+    """Reload changed rule files every ``interval_s`` seconds, in the background."""
+    if interval_s <= 0 or not book.paths:
+        return None
+
+    def loop() -> None:
+        while not STOP_READING.wait(interval_s):
+            try:
+                book.reload()
+            except Exception:  # noqa: BLE001 - a reload must never stop the engine
+                log.exception("rule reload failed; the previous rules keep running")
+
+    thread = threading.Thread(target=loop, name="rule-reload", daemon=True)
+    thread.start()
+    return thread
 
 
 def readiness_checks(settings: Settings) -> dict[str, Any]:
@@ -126,7 +156,10 @@ def run_engine(settings: Settings, stop_at_end: bool = False, from_end: bool = F
     ensure_topics(settings.kafka_bootstrap or "", {
         t: settings.event_partitions if t == EVENTS_TOPIC else 1 for t in ALL_TOPICS},
         settings.kafka_config)
-    flow = engine_flow(settings, stop_at_end=stop_at_end, from_end=from_end)
+    book = load_rule_book(settings)
+    log.info("%d rules in force from %s", len(book.current.rules), ", ".join(book.paths))
+    flow = engine_flow(settings, stop_at_end=stop_at_end, from_end=from_end, book=book)
+    watch_rules(book, settings.ms("rules_reload_interval") / 1000)
     tune_gc()
     ops = None
     if serve_ops and settings.metrics_port:

@@ -34,7 +34,6 @@ COMPILED = [
     "operators/event_time.py",
     "operators/routing.py",
     "operators/shards.py",
-    "rules/cart_abandon.py",
 ]
 
 

@@ -2,11 +2,13 @@
 
 Read top to bottom, this is the path of one event::
 
-    engage.events ─ ingest (parse, late?, tick) ─┬─ dead letters ───────────────────────┐
-                                                 ├─ identity (device shards) ─┐         │
-                                                 └────────────────────────────┴─ customers (shards)
-                                                                                ├─ state → Redis
-                                                                                └─ actions, audit ─┴→ Kafka
+    engage.events ─ ingest (parse, late?, tick) ─┬─ dead letters ─────────────────────────────────┐
+                                                 ├─ identity (device shards) ─┐                   │
+                                                 └────────────────────────────┴─ customers (shards, rules)
+                                                                                ├─ state → Redis  │
+                                                                                └─ decisions ─ contact
+                                                                                   ledger ─ actions,
+                                                                                   audit ─────────┴→ Kafka
 
 Every step between the source and the sinks takes whole batches, so Python
 is called once per batch and shard, not once per event. Connectors are
@@ -27,6 +29,7 @@ from bytewax.outputs import Sink
 
 from engage.config import Settings
 from engage.connectors.kafka import DLQ_TOPIC
+from engage.operators.contact import ContactPolicy
 from engage.operators.ingest import IngestSource, Now
 from engage.operators.parse import DeadLetter
 from engage.operators.records import Emit, RawRecord, StateWrites
@@ -50,18 +53,17 @@ def state_writes(outputs: list[tuple[str, Any]]) -> list[StateWrites]:
     return [x for _, x in outputs if type(x) is StateWrites]
 
 
-def kafka_messages(outputs: list[tuple[str, Any]]) -> list[Emit]:
-    """The Kafka messages (actions, audit records) among a stateful step's outputs."""
-    return [x for _, x in outputs if type(x) is Emit]
-
-
 def build_flow(settings: Settings, source: FixedPartitionedSource[RawRecord, Any],
                state_sink: Sink[StateWrites], kafka_sink: Sink[Emit], lineage: str,
                bootstrap: Bootstrap | None = None, live: bool = True,
-               finish_on_eof: bool = True, now: Now = time.time) -> Dataflow:
+               finish_on_eof: bool = True, now: Now = time.time,
+               rules: Any = None, contact: ContactPolicy | None = None) -> Dataflow:
     """Wire the engine's steps between the given connectors.
 
     ``source`` yields raw ``(partition, offset, key, value)`` records.
+    ``rules`` is a :class:`~engage.rules.book.RuleBook` (None: no rules);
+    ``contact`` checks decisions against the contact ledger before they go
+    out (by default an in-memory ledger: replays and pure-logic tests).
     ``finish_on_eof``: when the input ends, event time moves to the last
     event and timers due by then fire (bounded runs, replays). A live engine
     that stops on a signal must not: its input has not ended, it paused.
@@ -78,7 +80,12 @@ def build_flow(settings: Settings, source: FixedPartitionedSource[RawRecord, Any
         finish_on_eof=finish_on_eof,
         sources=router.identity_sources(parts),
         flush_every_ms=settings.ms("state_flush_interval"),
+        rules=rules,
     )
+    if contact is None:
+        from engage.state.contact import MemoryLedger  # noqa: PLC0415
+
+        contact = ContactPolicy(MemoryLedger.empty())
     customer_cfg = replace(shard_cfg, sources=router.customer_sources(parts))
 
     flow = Dataflow("engage")
@@ -103,5 +110,5 @@ def build_flow(settings: Settings, source: FixedPartitionedSource[RawRecord, Any
         op.flat_map_batch("customer_state", customers, state_writes)), state_sink)
     op.output("write_kafka", op.merge(
         "kafka_messages", dead_letters,
-        op.flat_map_batch("customer_messages", customers, kafka_messages)), kafka_sink)
+        op.flat_map_batch("contact_policy", customers, contact)), kafka_sink)
     return flow

@@ -31,8 +31,8 @@ import orjson
 from engage.events import Event, anon_key
 from engage.monitoring import metrics
 from engage.operators.event_time import NO_WATERMARK, Watermark
-from engage.operators.records import Emit, Merge, StateWrites, Tick
-from engage.rules import cart_abandon
+from engage.rules.decide import mark
+from engage.operators.records import Merge, StateWrites, Tick
 from engage.state.customer import CustomerState, StateConfig
 from engage.state.keys import base_key, link_key, state_key
 
@@ -65,6 +65,9 @@ class ShardConfig:
     #: after every batch). A customer touched by several events in between
     #: is serialised and written once.
     flush_every_ms: int = 0
+    #: The rules in force (a RuleBook: ``.current`` is swapped on reload);
+    #: None runs no rules at all.
+    rules: Any = None
 
 
 class Bootstrap:
@@ -122,7 +125,7 @@ class _Shard:
         self.rewrite: set[str] = set()
         self.watermark = Watermark(cfg.lateness_ms, cfg.idle_after_s, cfg.sources)
         self.expiry: list[tuple[int, str]] = []
-        self.timers: list[tuple[int, str]] = []
+        self.timers: list[tuple[int, str, str, str]] = []   # (due, key, kind, ref): see rules.decide
         self.bases: dict[str, bytes] = {}   # bootstrap copies still to write once
         self.last_clock = self.watermark.value
         self.dirty: set[str] = set()
@@ -286,31 +289,60 @@ class _Shard:
 
 
 class CustomerShard(_Shard):
-    """Customers' state, cart reminders and the actions they cause.
+    """Customers' state, and the rules that decide what to send them.
 
     Takes :class:`Event` (already attributed to a customer), :class:`Merge`
-    from the identity step, and :class:`Tick` (event-time progress).
+    from the identity step, and :class:`Tick` (event-time progress). Emits
+    ``Decision`` records for the contact step, and state writes.
 
-    Every add to cart sets a timer at its time plus the abandonment delay.
-    When the watermark passes it, the reminder is decided on the cart as of
-    that instant (see :mod:`engage.state.cart`): it fires if that add is
-    still the latest one in a non-empty cart and no order came in between.
+    Rules run in a :class:`~engage.rules.decide.RuleRunner`; its event-time
+    timers (absence triggers, schedules, deferred decisions) live in this
+    shard's heap and fire when the watermark passes them, so a customer who
+    sends nothing more still gets the reminder the absence calls for.
     """
 
     step = "customers"
 
+    def __init__(self, cfg: ShardConfig, resume: bytes | None,
+                 bootstrap: Bootstrap | None = None) -> None:
+        self.runner: Any = None
+        self.pending: dict[str, Any] = {}
+        super().__init__(cfg, resume, bootstrap)
+        self._runner()
+
+    def _restore(self, snap: dict[str, Any]) -> None:
+        super()._restore(snap)
+        self.pending = snap.get("pending", {})
+
+    def _snapshot_dict(self) -> dict[str, Any]:
+        snap = super()._snapshot_dict()
+        snap["pending"] = self.pending
+        return snap
+
+    def _runner(self) -> Any:
+        """The runner of the rules in force (rebuilt when they are reloaded)."""
+        book = self.cfg.rules
+        if book is None:
+            return None
+        if self.runner is None or self.runner.rules is not book.current:
+            from engage.rules.decide import RuleRunner  # noqa: PLC0415 - not compiled
+
+            self.runner = RuleRunner(book.current, self.cfg.state, self.cfg.live)
+            self.runner.pending = self.pending   # decisions waiting survive a reload
+        return self.runner
+
     def on_batch(self, items: list[Any]) -> tuple[Iterable[Any], bool]:
-        """Apply events and merges, advance event time, fire timers, write state."""
+        """Apply events and merges, run the rules, advance event time, write state."""
         started = time.perf_counter()
         out: list[Any] = []
         if self.bootstrap is not None:
             self._prefetch((i.user_id or "") if type(i) is Event else i.customer
                            for i in items if type(i) is not Tick)
         cfg = self.cfg.state
-        delay = cfg.cart_abandon_after_ms
         states = self.states
         dirty = self.dirty
-        timers = self.timers
+        runner = self._runner()
+        timers: list[Any] = []
         for item in items:
             kind = type(item)
             if kind is Event:
@@ -320,27 +352,23 @@ class CustomerShard(_Shard):
                 dirty.add(key)
                 if item.late:
                     metrics.LATE_EVENTS.inc()
-                elif item.type == "add_to_cart":
-                    heapq.heappush(timers, (item.ts + delay, key))
+                elif runner is not None:
+                    runner.on_event(state, item, timers, out)
             elif kind is Tick:
                 self.watermark.update(item)
             elif kind is Merge:
                 state = self._state(item.customer)
                 if item.state is not None:
                     state.merge(item.state, cfg)
-                    # Every add of the device arms its timer, as it would have
-                    # had the add been attributed after the login: which of
-                    # the two happens depends on arrival order, the outcome
-                    # must not.
-                    for ops in item.state.cart.ops.values():
-                        for op in ops:
-                            if op[1] > 0:
-                                heapq.heappush(timers, (op[0] + delay, item.customer))
+                    if runner is not None:
+                        runner.on_merge(state, item.state, timers)
                 state.add_device(item.anonymous_id)
                 dirty.add(item.customer)
+        for timer in timers:
+            heapq.heappush(self.timers, timer)
         self._advance(out)
         self._flush(out)
-        metrics.PENDING_TIMERS.labels(self.step).set(len(timers))
+        metrics.PENDING_TIMERS.labels(self.step).set(len(self.timers))
         if self.watermark.value != NO_WATERMARK:
             metrics.WATERMARK_LAG.set(max(0.0, time.time() - self.watermark.value / 1000))
         metrics.BATCH_SECONDS.labels(self.step).observe(time.perf_counter() - started)
@@ -349,18 +377,17 @@ class CustomerShard(_Shard):
     def _advance(self, out: list[Any]) -> None:
         wm = self.watermark.value
         heap = self.timers
-        delay = self.cfg.state.cart_abandon_after_ms
+        runner = self._runner()
         while heap and heap[0][0] <= wm:
-            due, key = heapq.heappop(heap)
+            due, key, kind, ref = heapq.heappop(heap)
             state = self._lookup(key)
-            if state is None or due <= state.cart.reminded:
+            if state is None or runner is None:
                 continue
-            trigger = state.cart.trigger(due)
-            if trigger is None or trigger[0] + delay != due:
-                continue  # ordered, emptied, or a later add set a later reminder
-            state.cart.mark_reminded(due)
+            fresh: list[Any] = []
+            runner.on_timer(state, due, kind, ref, fresh, out)
             self.dirty.add(key)
-            self._fire(state, due, trigger[1], out)
+            for timer in fresh:
+                heapq.heappush(heap, timer)
         self._expire(out)
 
     def _flush(self, out: list[Any], force: bool = False) -> None:
@@ -370,18 +397,6 @@ class CustomerShard(_Shard):
             if state is not None and state.cart.checkouts:
                 state.cart.compact(horizon)
         super()._flush(out, force)
-
-    def _fire(self, state: CustomerState, due: int, trigger_ids: list[str], out: list[Any]) -> None:
-        decided = int(time.time() * 1000) if self.cfg.live else due
-        verdict, doc = cart_abandon.decide(state, due, trigger_ids,
-                                          self.cfg.state.cart_abandon_after_ms, decided)
-        value = cart_abandon.encode(doc)
-        if verdict == "send":
-            metrics.ACTIONS_SENT.labels(doc["rule_id"], doc["channel"]).inc()
-            out.append(Emit(self.cfg.actions_topic, state.key.encode(), value))
-        else:
-            metrics.ACTIONS_SUPPRESSED.labels(doc["rule_id"], doc["reason"]).inc()
-            out.append(Emit(self.cfg.audit_topic, state.key.encode(), value))
 
 
 class DeviceLinks:
@@ -427,7 +442,19 @@ class IdentityShard(_Shard):
         self.forwarded: dict[int, int] = {}   # progress passed on, per partition
         self.links_changed: set[str] = set()
         self.links_before: set[str] = set()
+        self.marker: Any = None
         super().__init__(cfg, resume, bootstrap)
+
+    def _marker(self) -> Any:
+        """The rules in force, for the events a device's history must remember."""
+        book = self.cfg.rules
+        if book is None:
+            return None
+        if self.marker is None or self.marker.rules is not book.current:
+            from engage.rules.decide import RuleRunner  # noqa: PLC0415 - not compiled
+
+            self.marker = RuleRunner(book.current, self.cfg.state, self.cfg.live)
+        return self.marker
 
     def _restore(self, snap: dict[str, Any]) -> None:
         super()._restore(snap)
@@ -452,6 +479,7 @@ class IdentityShard(_Shard):
         out: list[Any] = []
         ticked = False
         cfg = self.cfg.state
+        marker = self._marker()
         if self.bootstrap is not None:
             self._prefetch(anon_key(i.anonymous_id or "") for i in items if type(i) is Event)
             self._prefetch_links({i.anonymous_id or "" for i in items if type(i) is Event})
@@ -478,6 +506,10 @@ class IdentityShard(_Shard):
                 state.apply(item, cfg)
                 if item.late:
                     metrics.LATE_EVENTS.inc()
+                elif marker is not None and item.type in marker.watched:
+                    # A device's add to cart must still arm its reminder once
+                    # the device is linked (see RuleRunner.on_merge).
+                    mark(state, item, marker.mark_horizon_ms)
                 self.dirty.add(key)
         if ticked:
             # Passed on after this batch's events: on the way to the customer

@@ -21,7 +21,7 @@ fi
 # changed (setup.py compiles the hot modules with mypyc; a stale compiled
 # module would hide an edit to its .py file).
 stamp="$VENV/.engage-installed"
-want="$(cd "$ROOT" && cat pyproject.toml setup.py events.py state/*.py operators/*.py rules/*.py \
+want="$(cd "$ROOT" && cat pyproject.toml setup.py events.py state/*.py operators/*.py \
         | sha256sum | cut -d' ' -f1)"
 stale=""
 while IFS= read -r so; do

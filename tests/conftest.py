@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+# Tests of the spine (state, time, identity, restarts) run the cart reminder
+# alone, without the catalog's caps, quiet hours and control group in the
+# way; tests of rules name their own files. Engines started as subprocesses
+# inherit this too.
+os.environ.setdefault("ENGAGE_RULES", str(Path(__file__).parent / "rules" / "cart_only.yaml"))
 
 
 def _stale_compiled_modules() -> list[str]:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 from typing import Any
 
 import orjson
 
 T0 = 1_790_000_000_000  # 2026-09-21T14:13:20Z
+#: Rule files for tests that need the cart reminder and nothing else.
+CART_ONLY_RULES = str(Path(__file__).parent / "rules" / "cart_only.yaml")
 MIN = 60_000
 HOUR = 3_600_000
 DAY = 86_400_000
@@ -49,3 +52,11 @@ def counters(state_doc: dict[str, Any]) -> set[str]:
     """Names of every counter with a bucket in a stored state document."""
     return {name for level in state_doc.get("counts", []) for bucket in level.values()
             for name in bucket}
+
+
+def rule_book(path: str = CART_ONLY_RULES) -> Any:
+    """A fixed RuleBook of the rules under ``path``."""
+    from engage.rules.book import RuleBook  # noqa: PLC0415
+    from engage.rules.loader import load_rules  # noqa: PLC0415
+
+    return RuleBook.fixed(load_rules([path]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import orjson
@@ -15,9 +16,10 @@ from engage.runtime import engine_flow
 
 
 def settings_for(stack: DevStack, **over: Any) -> Settings:
-    """Engine settings pointing at the stack."""
+    """Engine settings pointing at the stack (rules: the tests' default, see conftest)."""
     return Settings.load({"kafka_bootstrap": stack.bootstrap, "redis_url": stack.redis_url,
-                          "recovery_dir": "", "metrics_port": 0, **over}, {})
+                          "recovery_dir": "", "metrics_port": 0,
+                          "rules": os.environ.get("ENGAGE_RULES"), **over}, {})
 
 
 def produce(stack: DevStack, events: list[Any]) -> None:
@@ -49,8 +51,15 @@ def state_snapshot(client: redis.Redis) -> dict[str, Any]:
     """Every engine key and its decoded value, minus the deployment's lineage stamp."""
     out: dict[str, Any] = {}
     for key in client.scan_iter("engage:*"):
-        value = client.get(key)
         name = key.decode()
+        kind = client.type(key)
+        if kind == b"zset":
+            out[name] = client.zrange(key, 0, -1, withscores=True)
+            continue
+        if kind == b"hash":
+            out[name] = client.hgetall(key)
+            continue
+        value = client.get(key)
         if name.startswith("engage:c:"):
             doc = orjson.loads(value)
             doc.pop("lin", None)

@@ -14,7 +14,7 @@ from engage.monitoring import metrics
 from engage.operators.records import Emit, StateWrites
 from engage.state.keys import link_key, state_key
 
-from helpers import DAY, HOUR, MIN, T0, add, counters, doc, login, paid, raw, view
+from helpers import DAY, HOUR, MIN, T0, add, counters, doc, login, paid, raw, rule_book, view
 
 
 class _ListPartition(StatefulSourcePartition):
@@ -61,7 +61,7 @@ def run(events: list[Any], partition_of: Any = None, finish_on_eof: bool = True,
     s = Settings.load({"lateness": "10m", **settings}, {})
     run_main(build_flow(s, MemorySource(records), TestingSink(writes), TestingSink(emits),
                         lineage="test", finish_on_eof=finish_on_eof,
-                        now=lambda: (T0 + 400 * DAY) / 1000))
+                        now=lambda: (T0 + 400 * DAY) / 1000, rules=rule_book()))
     store: dict[str, Any] = {}
     for batch in writes:
         assert type(batch) is StateWrites

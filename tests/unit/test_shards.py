@@ -5,15 +5,15 @@ from __future__ import annotations
 import orjson
 
 from engage.events import Event
-from engage.operators.records import Merge, StateWrites, Tick
+from engage.operators.records import Decision, Merge, StateWrites, Tick
 from engage.operators.shards import CustomerShard, IdentityShard, ShardConfig
 from engage.state.customer import StateConfig
 from engage.state.keys import link_key, state_key
 
-from helpers import HOUR, T0
+from helpers import HOUR, T0, rule_book
 
 CFG = ShardConfig(state=StateConfig.default(), lateness_ms=60_000, idle_after_s=60,
-                  lineage="L", sources=((0, -1),))
+                  lineage="L", sources=((0, -1),), rules=rule_book())
 
 
 def ev(etype: str, ts: int, user: str | None, anon: str | None = None, **props: object) -> Event:
@@ -50,7 +50,7 @@ def test_a_restored_shard_continues_exactly_and_rewrites_what_its_last_epoch_wro
 
     # The cart reminder survives the restart and fires once the watermark passes.
     fired, _ = restored.on_batch([Tick(0, T0 + 25 * HOUR)])
-    actions = [orjson.loads(x.value) for x in fired if getattr(x, "topic", "") == "engage.actions"]
+    actions = [x.doc for x in fired if type(x) is Decision and "reason" not in x.doc]
     assert [a["user_id"] for a in actions] == ["c1"]
 
 
