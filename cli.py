@@ -1,6 +1,6 @@
 """The ``engage`` command-line program.
 
-Sub-commands: ``run``, ``demo``, ``profile``, ``rules validate``, ``bench``. Each exits non-zero
+Sub-commands: ``run``, ``demo``, ``profile``, ``rules validate``, ``replay``, ``bench``. Each exits non-zero
 with a one-line reason on bad input or configuration.
 """
 
@@ -97,6 +97,13 @@ def cmd_rules_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Run the engine over a JSON-lines file of events and print what it would do; sends nothing."""
+    from engage.replay import main as replay_main  # noqa: PLC0415
+
+    return replay_main(args.events, args.rules, args.json, sys.stdout)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """Throughput of the pipeline beside a per-event baseline and the raw consume rate."""
     from engage.benchmarks.bench import main as bench_main  # noqa: PLC0415
@@ -141,6 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("paths", nargs="*", metavar="PATH",
                           help="rule files or directories (default: the shipped catalog)")
     validate.set_defaults(func=cmd_rules_validate)
+
+    replay = sub.add_parser("replay", help=cmd_replay.__doc__)
+    replay.add_argument("--events", required=True, metavar="FILE",
+                        help="contract events, one JSON object per line")
+    replay.add_argument("--rules", metavar="PATH",
+                        help="rule files or directories, ',' separated (default: ENGAGE_RULES, "
+                             "else the shipped catalog)")
+    replay.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    replay.set_defaults(func=cmd_replay)
 
     bench = sub.add_parser("bench", help=cmd_bench.__doc__)
     bench.add_argument("--events", type=int, default=300_000)

@@ -15,63 +15,13 @@ import time
 import zlib
 from typing import Any
 
-from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import run_main
 
 from engage.config import Settings
+from engage.connectors.memory import ListSink, ListSource
 from engage.flows.engagement import build_flow
 from engage.runtime import tune_gc
 from engage.simulator.storefront import Storefront
-
-
-class _ListPartition(StatefulSourcePartition[Any, int]):
-    def __init__(self, records: list[Any], batch: int) -> None:
-        self.records, self.pos, self.batch = records, 0, batch
-
-    def next_batch(self) -> list[Any]:
-        if self.pos >= len(self.records):
-            raise StopIteration()
-        out = self.records[self.pos:self.pos + self.batch]
-        self.pos += len(out)
-        return out
-
-    def snapshot(self) -> int:
-        return self.pos
-
-
-class ListSource(FixedPartitionedSource[Any, int]):
-    """Raw ``(partition, offset, key, value)`` records, split by partition like a topic."""
-
-    def __init__(self, records: list[Any], batch: int) -> None:
-        self.parts: dict[str, list[Any]] = {}
-        for r in records:
-            self.parts.setdefault(str(r[0]), []).append(r)
-        self.batch = batch
-
-    def list_parts(self) -> list[str]:
-        return sorted(self.parts)
-
-    def build_part(self, step_id: str, for_part: str, resume: int | None) -> _ListPartition:
-        return _ListPartition(self.parts[for_part], self.batch)
-
-
-class _Counting(StatelessSinkPartition[Any]):
-    def __init__(self, counter: list[int]) -> None:
-        self.counter = counter
-
-    def write_batch(self, items: list[Any]) -> None:
-        self.counter[0] += len(items)
-
-
-class CountingSink(DynamicSink[Any]):
-    """Counts what it is given; stands in for Redis or Kafka."""
-
-    def __init__(self) -> None:
-        self.counter = [0]
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _Counting:
-        return _Counting(self.counter)
 
 
 def records(events: int, customers: int, partitions: int = 3) -> list[Any]:
@@ -93,8 +43,8 @@ def run(events: int, customers: int, repeat: int) -> float:
     data = records(events, customers)
     best = 0.0
     for _ in range(repeat):
-        flow = build_flow(settings, ListSource(data, settings.batch_size), CountingSink(),
-                          CountingSink(), lineage="bench")
+        flow = build_flow(settings, ListSource(data, settings.batch_size), ListSink(keep=False),
+                          ListSink(keep=False), lineage="bench")
         tune_gc()
         started = time.perf_counter()
         run_main(flow)

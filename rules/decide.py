@@ -136,6 +136,7 @@ class Pending:
     reason: str          # quiet_hours or arbitration
     deadline: int        # for arbitration: when the wait is over
     event: list[Any] | None = None
+    lost_to: str = ""    # for arbitration: the rule that won
 
 
 class RuleRunner:
@@ -358,6 +359,8 @@ class RuleRunner:
         if arm is not None and arm != "control":
             doc["variant"] = arm
         doc["explain"]["deferred"] = {"reason": pending.reason, "until": iso(now_ts)}
+        if pending.lost_to:
+            doc["explain"]["arbitration"] = {"lost_to": pending.lost_to}
         last = pending.trigger_ids[-1] if pending.trigger_ids else ""
         if rule.cancel_on and happened_between(state, rule.cancel_on, (pending.trigger_ts, last),
                                                now_ts):
@@ -395,8 +398,8 @@ class RuleRunner:
             rule = self.by_id[d.doc["rule_id"]]
             retry = moment_ts + policy.max_wait_ms
             self._defer(Pending(rule.id, d.doc["user_id"], d.doc["action_id"], d.trigger_ts,
-                                list(d.doc["trigger_event_ids"]), d.anchor, "arbitration", retry),
-                        retry, timers)
+                                list(d.doc["trigger_event_ids"]), d.anchor, "arbitration", retry,
+                                lost_to=winner.doc["rule_id"]), retry, timers)
 
     def _defer(self, pending: Pending, until: int, timers: list[Timer]) -> None:
         metrics.ACTIONS_DEFERRED.labels(pending.rule_id, pending.reason).inc()
