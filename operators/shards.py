@@ -380,11 +380,17 @@ class CustomerShard(_Shard):
         runner = self._runner()
         while heap and heap[0][0] <= wm:
             due, key, kind, ref = heapq.heappop(heap)
+            # Everything of this customer due at this instant is one moment
+            # (rules triggered by the same event compete in one arbitration).
+            due_now = [(kind, ref)]
+            while heap and heap[0][0] == due and heap[0][1] == key:
+                _, _, kind, ref = heapq.heappop(heap)
+                due_now.append((kind, ref))
             state = self._lookup(key)
             if state is None or runner is None:
                 continue
             fresh: list[Any] = []
-            runner.on_timer(state, due, kind, ref, fresh, out)
+            runner.on_timers(state, due, due_now, fresh, out)
             self.dirty.add(key)
             for timer in fresh:
                 heapq.heappush(heap, timer)

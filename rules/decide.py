@@ -8,7 +8,11 @@ no I/O. What a decision goes through, in order:
 
 1. **trigger**: an event (with ``where``), the absence of events for a time
    after another (an event-time timer), a date of the profile (a timer), a
-   profile change;
+   profile change. Every decision is taken when event time (the watermark)
+   passes its moment, in event-time order per customer: that is what makes
+   caps, cooldowns and arbitration give the same answers in every run and
+   after every restart. The price is latency: an event's decision waits for
+   the allowed lateness (``--lateness``);
 2. **conditions** (``when``), read as of the trigger's event time
    (:class:`~engage.rules.context.Context`);
 3. **re-eligibility** (once, every N, cooldown): refused ones are audited
@@ -55,7 +59,7 @@ DAY_MS = 86_400_000
 #: At most this many recent events of a watched type are remembered per customer.
 MAX_MARKS = 64
 #: Timer kinds in the shard's heap: absence, schedule, deferred decision.
-ABSENCE, SCHEDULE, DEFERRED = "a", "s", "d"
+ABSENCE, SCHEDULE, DEFERRED, EVENT = "a", "s", "d", "e"
 
 Timer = tuple[int, str, str, str]
 """``(due, customer, kind, reference)`` as kept in the shard's event-time heap."""
@@ -192,18 +196,22 @@ class RuleRunner:
                 continue
             ref = orjson.dumps([rule.id, e.ts, e.event_id, e.type, e.channel, e.props]).decode()
             timers.append((e.ts + t.within_ms, customer, ABSENCE, ref))
-        rules = self.on_type.get(e.type)
-        if rules:
-            moment: list[Decision] = []
-            for rule in rules:
-                t = rule.trigger
-                assert isinstance(t, EventTrigger)
-                ctx = Context(state, self.cfg, e.ts, event=e)
-                if t.where is not None and not self._holds(rule, t.where, ctx):
-                    continue
-                self._consider(rule, state, ctx, e.ts, [e.event_id], e.event_id, moment, timers,
-                               e)
-            self._arbitrate(moment, e.ts, timers, out)
+        for rule in self.on_type.get(e.type, ()):
+            t = rule.trigger
+            assert isinstance(t, EventTrigger)
+            ctx = Context(state, self.cfg, e.ts, event=e)
+            if t.where is not None and not self._holds(rule, t.where, ctx):
+                continue
+            if not all(self._holds(rule, c, ctx) for c in rule.conditions):
+                continue
+            # Conditions are read now, against the event; the rest of the
+            # decision waits until event time passes the event (a timer due
+            # at once), so that every customer's decisions meet the caps,
+            # cooldowns and arbitration in event-time order in every run,
+            # not in the order batches happened to bring them.
+            ref = orjson.dumps([rule.id, e.event_id, e.type, e.ts, e.channel, e.props,
+                                ctx.seen]).decode()
+            timers.append((e.ts, customer, EVENT, ref))
         if self.schedules and "birthday" in state.profile:
             self._arm_schedules(state, e.ts, timers)
 
@@ -243,11 +251,32 @@ class RuleRunner:
             self._consider(rule, state, ctx, ts, [], anchor, moment, timers)
         self._arbitrate(moment, ts, timers, out)
 
+    def on_timers(self, state: CustomerState, due: int, due_now: list[tuple[str, str]],
+                  timers: list[Timer], out: list[Decision]) -> None:
+        """Timers of ``state``'s customer due at the same instant: one moment, one arbitration."""
+        moment: list[Decision] = []
+        for kind, ref in due_now:
+            self._timer(state, due, kind, ref, timers, moment)
+        self._arbitrate(moment, due, timers, out)
+
     def on_timer(self, state: CustomerState, due: int, kind: str, ref: str,
                  timers: list[Timer], out: list[Decision]) -> None:
         """An event-time timer of ``state``'s customer is due (the watermark passed it)."""
-        moment: list[Decision] = []
-        if kind == ABSENCE:
+        self.on_timers(state, due, [(kind, ref)], timers, out)
+
+    def _timer(self, state: CustomerState, due: int, kind: str, ref: str, timers: list[Timer],
+               moment: list[Decision]) -> None:
+        if kind == EVENT:
+            rule_id, e_id, e_type, e_ts, e_channel, e_props, seen = orjson.loads(ref)
+            rule = self.by_id.get(rule_id)
+            if rule is None or not isinstance(rule.trigger, EventTrigger):
+                return
+            event = Event(e_id, e_type, e_ts, state.key, None, e_channel, e_props)
+            ctx = Context(state, self.cfg, e_ts, event=event)
+            ctx.seen.update(seen)   # the values the conditions held on, for payload and explain
+            self._consider(rule, state, ctx, e_ts, [e_id], e_id, moment, timers, event,
+                           conditions=False)
+        elif kind == ABSENCE:
             rule_id, a_ts, a_id, a_type, a_channel, a_props = orjson.loads(ref)
             rule = self.by_id.get(rule_id)
             if rule is None or not isinstance(rule.trigger, AbsenceTrigger):
@@ -275,7 +304,6 @@ class RuleRunner:
             pending = self.pending.pop(ref, None)
             if pending is not None:
                 self._retry(pending, state, due, moment, timers)
-        self._arbitrate(moment, due, timers, out)
 
     # ------------------------------------------------------------------ deciding
     def _holds(self, rule: Rule, cond: Condition, ctx: Context) -> bool:
@@ -287,11 +315,13 @@ class RuleRunner:
 
     def _consider(self, rule: Rule, state: CustomerState, ctx: Context, moment_ts: int,
                   trigger_ids: list[str], anchor: str, moment: list[Decision],
-                  timers: list[Timer], event: Event | None = None) -> None:
+                  timers: list[Timer], event: Event | None = None,
+                  conditions: bool = True) -> None:
         """Conditions, re-eligibility, bucket, consent and quiet hours for one trigger."""
-        for cond in rule.conditions:
-            if not self._holds(rule, cond, ctx):
-                return
+        if conditions:
+            for cond in rule.conditions:
+                if not self._holds(rule, cond, ctx):
+                    return
         aid = action_id(rule.id, rule.version, state.key, anchor)
         doc = self._doc(rule, state, ctx, aid, moment_ts, trigger_ids)
         if not self._eligible(rule, state, moment_ts):

@@ -1,4 +1,13 @@
-"""A real engine process killed with -9 mid-run resumes to exactly the state of an uninterrupted run."""
+"""A real engine process killed with -9 mid-run resumes to exactly the state of an uninterrupted run.
+
+With the cart reminder alone, state, action ids and audit decisions after
+the restart equal an uninterrupted run's. With caps, quiet hours, a control
+group and a conflict group in force (tests/rules/capped.yaml), no customer's
+contact ledger holds more than a cap allows after the restart; equality of
+the action ids is not asserted there yet: which device events reach the
+customer before the login that links them depends on how partitions
+interleave, and with them whether an event rule fires (see the issue notes).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from engage.connectors.devstack import DevStack
-from engage.connectors.kafka import ACTIONS_TOPIC, EVENTS_TOPIC, produce_all
+from engage.connectors.kafka import ACTIONS_TOPIC, AUDIT_TOPIC, EVENTS_TOPIC, produce_all
 from engage.simulator.storefront import Storefront
 
 from stack_helpers import redis_client, state_snapshot, topic_docs
@@ -20,8 +29,12 @@ from stack_helpers import redis_client, state_snapshot, topic_docs
 EVENTS = 200_000
 
 
-def engine(stack: DevStack, recovery: Path) -> subprocess.Popen:
-    env = {**stack.env(), "ENGAGE_METRICS_PORT": "0"}
+RULES = Path(__file__).parent.parent / "rules"
+WEEK = 7 * 86_400_000
+
+
+def engine(stack: DevStack, recovery: Path, rules: str = "cart_only.yaml") -> subprocess.Popen:
+    env = {**stack.env(), "ENGAGE_METRICS_PORT": "0", "ENGAGE_RULES": str(RULES / rules)}
     return subprocess.Popen(
         [sys.executable, "-m", "engage.cli", "run", "--stop-at-end", "--recovery-dir", str(recovery),
          "--snapshot-interval", "300ms", "--batch-size", "500"],
@@ -42,12 +55,10 @@ def two_stacks():
         yield a, b
 
 
-def test_kill_9_mid_run_then_resume_equals_an_uninterrupted_run(two_stacks, tmp_path: Path) -> None:
-    straight, crashed = two_stacks
-    finish(engine(straight, tmp_path / "straight"))
-
-    proc = engine(crashed, tmp_path / "crashed")
-    r = redis_client(crashed)
+def kill_mid_run(stack: DevStack, recovery: Path, rules: str) -> None:
+    """Start an engine, kill -9 it once it has made real progress, run it again to the end."""
+    proc = engine(stack, recovery, rules)
+    r = redis_client(stack)
     deadline = time.monotonic() + 120
     # Wait for real progress (state written, snapshots taken), then kill mid-stream.
     while r.dbsize() < 500 and time.monotonic() < deadline and proc.poll() is None:
@@ -57,18 +68,51 @@ def test_kill_9_mid_run_then_resume_equals_an_uninterrupted_run(two_stacks, tmp_
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    partial = r.dbsize()
-    assert partial > 0
+    assert r.dbsize() > 0
+    finish(engine(stack, recovery, rules))
 
-    finish(engine(crashed, tmp_path / "crashed"))
+
+def test_kill_9_mid_run_then_resume_equals_an_uninterrupted_run(two_stacks, tmp_path: Path) -> None:
+    straight, crashed = two_stacks
+    finish(engine(straight, tmp_path / "straight"))
+    kill_mid_run(crashed, tmp_path / "crashed", "cart_only.yaml")
+    r = redis_client(crashed)
 
     expected = state_snapshot(redis_client(straight))
     got = state_snapshot(r)
     assert len(expected) > 1000
     assert got.keys() == expected.keys()
     differing = [k for k in expected if expected[k] != got[k]]
-    assert not differing, f"{len(differing)} keys differ, e.g. {differing[:3]}"
+    assert not differing, f"{len(differing)} keys differ, e.g. " + "; ".join(
+        f"{k}: {expected[k]} != {got[k]}" for k in differing[:4])
 
     straight_ids = {a["action_id"] for a in topic_docs(straight, ACTIONS_TOPIC)}
     crashed_ids = {a["action_id"] for a in topic_docs(crashed, ACTIONS_TOPIC)}
     assert straight_ids and crashed_ids == straight_ids
+    straight_audit = {(a["action_id"], a["reason"]) for a in topic_docs(straight, AUDIT_TOPIC)}
+    crashed_audit = {(a["action_id"], a["reason"]) for a in topic_docs(crashed, AUDIT_TOPIC)}
+    assert crashed_audit == straight_audit
+
+
+def test_kill_9_with_caps_in_force_never_exceeds_a_cap(two_stacks, tmp_path: Path) -> None:
+    stack, _ = two_stacks
+    kill_mid_run(stack, tmp_path / "capped", "capped.yaml")
+    r = redis_client(stack)
+    reasons = {a["reason"] for a in topic_docs(stack, AUDIT_TOPIC)}
+    assert {"cap", "control", "cooldown"} <= reasons
+    sent = topic_docs(stack, ACTIONS_TOPIC)
+    assert sent
+    # Every action sent is in its customer's ledger (replays resend, never recount),
+    # and every 7-day window of the ledger holds at most 2 actions, sms at most 1.
+    ledgers = list(r.scan_iter("engage:sent:*"))
+    assert len(ledgers) > 100
+    admitted = set()
+    for key in ledgers:
+        scored = r.zrange(key, 0, -1, withscores=True)
+        admitted |= {a.decode() for a, _ in scored}
+        times = [int(t) for _, t in scored]
+        assert all(sum(1 for t in times if s <= t < s + WEEK) <= 2 for s in times), key
+        meta = r.hgetall(key.replace(b":sent:", b":sentmeta:"))
+        sms = sorted(int(t) for a, t in scored if meta[a].split(b"\x1f")[1] == b"sms")
+        assert all(sum(1 for t in sms if s <= t < s + WEEK) <= 1 for s in sms), key
+    assert {a["action_id"] for a in sent} <= admitted
