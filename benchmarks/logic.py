@@ -20,6 +20,8 @@ from bytewax.testing import run_main
 from engage.config import Settings
 from engage.connectors.memory import ListSink, ListSource
 from engage.flows.engagement import build_flow
+from engage.rules.book import RuleBook, rule_paths
+from engage.rules.loader import CATALOG_DIR
 from engage.runtime import tune_gc
 from engage.simulator.storefront import Storefront
 
@@ -37,14 +39,18 @@ def records(events: int, customers: int, partitions: int = 3) -> list[Any]:
     return out
 
 
-def run(events: int, customers: int, repeat: int) -> float:
-    """Best events/s over ``repeat`` runs of the dataflow on the same records."""
+def run(events: int, customers: int, repeat: int, rules: str | None = None) -> float:
+    """Best events/s over ``repeat`` runs of the dataflow on the same records.
+
+    ``rules``: rule files to run (None: no rules at all, the state alone).
+    """
     settings = Settings.load({"recovery_dir": "", "metrics_port": 0})
     data = records(events, customers)
+    book = RuleBook.load(rule_paths(rules), settings.state_config()) if rules else None
     best = 0.0
     for _ in range(repeat):
         flow = build_flow(settings, ListSource(data, settings.batch_size), ListSink(keep=False),
-                          ListSink(keep=False), lineage="bench")
+                          ListSink(keep=False), lineage="bench", rules=book)
         tune_gc()
         started = time.perf_counter()
         run_main(flow)
@@ -58,10 +64,14 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--customers", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--rules", help="rule files (',' separated); 'catalog' for the shipped "
+                                        "one; default: no rules")
     args = parser.parse_args()
-    rate = run(args.events, args.customers, args.repeat)
+    rules = str(CATALOG_DIR) if args.rules == "catalog" else args.rules
+    rate = run(args.events, args.customers, args.repeat, rules)
     print(f"engine logic without I/O: {rate:,.0f} events/s "
-          f"({args.events:,} events, {args.customers:,} customers, best of {args.repeat})")
+          f"({args.events:,} events, {args.customers:,} customers, rules: {rules or 'none'}, "
+          f"best of {args.repeat})")
 
 
 if __name__ == "__main__":

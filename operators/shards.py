@@ -352,7 +352,7 @@ class CustomerShard(_Shard):
                 dirty.add(key)
                 if item.late:
                     metrics.LATE_EVENTS.inc()
-                elif runner is not None:
+                elif runner is not None and item.type in runner.relevant:
                     runner.on_event(state, item, timers, out)
             elif kind is Tick:
                 self.watermark.update(item)

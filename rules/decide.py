@@ -61,6 +61,9 @@ MAX_MARKS = 64
 #: Timer kinds in the shard's heap: absence, schedule, deferred decision.
 ABSENCE, SCHEDULE, DEFERRED, EVENT = "a", "s", "d", "e"
 
+#: Events that can set the dates schedules are relative to.
+SCHEDULE_SOURCES = frozenset({"register", "profile_update"})
+
 Timer = tuple[int, str, str, str]
 """``(due, customer, kind, reference)`` as kept in the shard's event-time heap."""
 
@@ -171,6 +174,10 @@ class RuleRunner:
                 longest = max(longest, t.within_ms)
             watched.update(r.cancel_on)
         self.watched = frozenset(watched)
+        #: Event types the runner needs to see at all; the shard skips the
+        #: call for the others (most clicks), which keeps rules cheap.
+        self.relevant = frozenset(watched | set(self.on_type) | set(self.absence_after)
+                                  | (SCHEDULE_SOURCES if self.schedules else set()))
         policy = rules.policy
         #: How far back marks must reach: the longest absence, plus the
         #: longest a decision may wait (quiet hours, arbitration) before a
@@ -212,7 +219,8 @@ class RuleRunner:
             ref = orjson.dumps([rule.id, e.event_id, e.type, e.ts, e.channel, e.props,
                                 ctx.seen]).decode()
             timers.append((e.ts, customer, EVENT, ref))
-        if self.schedules and "birthday" in state.profile:
+        if self.schedules and e.type in SCHEDULE_SOURCES and "birthday" in state.profile:
+            # Armed when the date is given or changed, and again when one fires.
             self._arm_schedules(state, e.ts, timers)
 
     def on_merge(self, state: CustomerState, device: CustomerState, timers: list[Timer]) -> None:
