@@ -121,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_flags(run)
     run.add_argument("--stop-at-end", dest="stop_at_end", action="store_true",
                      help="stop once the input topic is read to the end it had at start")
+    run.add_argument("--backfill", action="store_true", default=None,
+                     help="rebuild state from history without deciding or sending anything")
     run.add_argument("--start-from", dest="start_from", choices=("beginning", "end"),
                      default="beginning",
                      help="where a new deployment starts reading (default: beginning)")

@@ -54,6 +54,9 @@ class Settings:
     rules: str | None = None
     #: How often rule files are checked for changes while running ("0s": never).
     rules_reload_interval: str = "5s"
+    #: Rebuild state from history without deciding anything: no rule runs,
+    #: no action or audit record is written (e.g. a first run over old events).
+    backfill: bool = False
 
     @staticmethod
     def load(flags: Mapping[str, Any], env: Mapping[str, str] | None = None) -> "Settings":
@@ -91,6 +94,10 @@ class Settings:
                     raise ValueError(f"setting {f.name}: {value!r} is not a whole number") from None
             if f.name == "process_id" and value is not None:
                 value = int(value)
+            if isinstance(default, bool) and isinstance(value, str):
+                if value.strip().lower() not in ("1", "true", "yes", "0", "false", "no"):
+                    raise ValueError(f"setting {f.name}: {value!r} is not true or false")
+                value = value.strip().lower() in ("1", "true", "yes")
             typed[f.name] = value
         result = replace(settings, **typed)
         result.validate()
