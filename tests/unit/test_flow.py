@@ -5,47 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.testing import TestingSink, run_main
 
 from engage.config import Settings
+from engage.connectors.memory import ListSource
 from engage.flows.engagement import build_flow
 from engage.monitoring import metrics
 from engage.operators.records import Emit, StateWrites
 from engage.state.keys import link_key, state_key
 
 from helpers import DAY, HOUR, MIN, T0, add, counters, doc, login, paid, raw, rule_book, view
-
-
-class _ListPartition(StatefulSourcePartition):
-    def __init__(self, records: list, start: int, batch: int) -> None:
-        self.records, self.pos, self.batch = records, start, batch
-
-    def next_batch(self) -> list:
-        if self.pos >= len(self.records):
-            raise StopIteration()
-        out = self.records[self.pos:self.pos + self.batch]
-        self.pos += len(out)
-        return out
-
-    def snapshot(self) -> int:
-        return self.pos
-
-
-class MemorySource(FixedPartitionedSource):
-    """Raw records in several input partitions, like a Kafka topic in memory."""
-
-    def __init__(self, records: list, batch: int = 2) -> None:
-        self.parts: dict[str, list] = {}
-        for r in records:
-            self.parts.setdefault(str(r[0]), []).append(r)
-        self.batch = batch
-
-    def list_parts(self) -> list[str]:
-        return sorted(self.parts)
-
-    def build_part(self, step_id: str, for_part: str, resume: Any) -> _ListPartition:
-        return _ListPartition(self.parts[for_part], resume or 0, self.batch)
 
 
 def run(events: list[Any], partition_of: Any = None, finish_on_eof: bool = True,
@@ -59,7 +28,7 @@ def run(events: list[Any], partition_of: Any = None, finish_on_eof: bool = True,
     writes: list[Any] = []
     emits: list[Emit] = []
     s = Settings.load({"lateness": "10m", **settings}, {})
-    run_main(build_flow(s, MemorySource(records), TestingSink(writes), TestingSink(emits),
+    run_main(build_flow(s, ListSource(records, batch=2), TestingSink(writes), TestingSink(emits),
                         lineage="test", finish_on_eof=finish_on_eof,
                         now=lambda: (T0 + 400 * DAY) / 1000, rules=rule_book()))
     store: dict[str, Any] = {}
