@@ -10,19 +10,16 @@ customer's hash tag.
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 
 import orjson
 import redis
 
-from engage.connectors.redis_store import RETRY_BACKOFF_S, connect
+from engage.connectors.redis_store import call_until_answered, connect
 from engage.monitoring import metrics
 from engage.state.contact import LedgerRequest
 from engage.state.keys import contact_keys
-
-log = logging.getLogger(__name__)
 
 # KEYS: per customer, its sorted set then its hash.
 # ARGV[1]: ttl in ms; ARGV[2]: JSON [[customer index (1-based), request wire form], ...].
@@ -148,21 +145,11 @@ class RedisLedger:
                 keys.extend(contact_keys(req.customer))
             wire.append([i, req.to_wire()])
         args = [self.ttl_ms, orjson.dumps(wire)]
-        attempt = 0
-        while True:
-            try:
-                started = time.perf_counter()
-                raw = self.script(keys=keys, args=args)
-                metrics.LEDGER_SECONDS.observe(time.perf_counter() - started)
-                return [str(v) for v in orjson.loads(raw)]
-            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
-                # Like state writes: wait for Redis rather than send unchecked.
-                metrics.REDIS_ERRORS.inc()
-                delay = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
-                if attempt % 10 == 0:
-                    log.warning("contact ledger unreachable (%s); retrying in %.2fs", exc, delay)
-                time.sleep(delay)
-                attempt += 1
+        started = time.perf_counter()
+        # Like state writes: wait for Redis rather than send unchecked.
+        raw = call_until_answered(lambda: self.script(keys=keys, args=args), "contact ledger")
+        metrics.LEDGER_SECONDS.observe(time.perf_counter() - started)
+        return [str(v) for v in orjson.loads(raw)]
 
     def close(self) -> None:
         """Release the connection."""

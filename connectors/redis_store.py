@@ -48,6 +48,25 @@ return nset
 RETRY_BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 
 
+def call_until_answered(call: Any, what: str) -> Any:
+    """``call()``, retried with backoff while Redis is unreachable; returns its result.
+
+    Retrying forever is deliberate: the dataflow stops taking input until
+    Redis answers, and no accepted event (or decision) is lost or skipped.
+    """
+    attempt = 0
+    while True:
+        try:
+            return call()
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+            metrics.REDIS_ERRORS.inc()
+            delay = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
+            if attempt % 10 == 0:
+                log.warning("%s failed (%s); retrying in %.2fs", what, exc, delay)
+            time.sleep(delay)
+            attempt += 1
+
+
 def connect(url: str) -> redis.Redis:
     """A client for ``redis://`` or ``rediss://`` (TLS) URLs, with AUTH from the URL."""
     return redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5,
@@ -122,23 +141,8 @@ class _StatePartition(StatelessSinkPartition[Any]):
             log.exception("Redis state writer failed")
 
     def _call(self, keys: list[str], args: list[Any]) -> None:
-        """Write, retrying with backoff while Redis is unreachable.
-
-        Retrying forever is deliberate: the queue fills, the dataflow stops
-        taking input until the state is written, and no accepted event is lost.
-        """
-        attempt = 0
-        while True:
-            try:
-                self.script(keys=keys, args=args)
-                return
-            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
-                metrics.REDIS_ERRORS.inc()
-                delay = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
-                if attempt % 10 == 0:
-                    log.warning("Redis write failed (%s); retrying in %.2fs", exc, delay)
-                time.sleep(delay)
-                attempt += 1
+        """Write, waiting for Redis while it is unreachable (the queue then fills)."""
+        call_until_answered(lambda: self.script(keys=keys, args=args), "Redis write")
 
     def close(self) -> None:
         """Write what is queued, then stop the writer."""
