@@ -32,6 +32,7 @@ class Merge(NamedTuple):
     customer: str
     anonymous_id: str
     state: Any  # CustomerState; Any keeps this module free of state imports
+    ts: int = 0  # event time of the login that linked the device
 
 
 class StateWrites(NamedTuple):

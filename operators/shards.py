@@ -126,6 +126,10 @@ class _Shard:
         self.watermark = Watermark(cfg.lateness_ms, cfg.idle_after_s, cfg.sources)
         self.expiry: list[tuple[int, str]] = []
         self.timers: list[tuple[int, str, str, str]] = []   # (due, key, kind, ref): see rules.decide
+        # (ts, partition, offset, arrival, item): waiting for the watermark
+        # to pass them, so that they are applied in event-time order.
+        self.held: list[tuple[int, int, int, int, Any]] = []
+        self.arrivals = 0
         self.bases: dict[str, bytes] = {}   # bootstrap copies still to write once
         self.last_clock = self.watermark.value
         self.dirty: set[str] = set()
@@ -148,6 +152,8 @@ class _Shard:
         self.expiry = snap["expiry"]
         self.timers = snap["timers"]
         self.bases = snap["bases"]
+        self.held = snap["held"]
+        self.arrivals = snap["arrivals"]
         self.last_clock = self.watermark.value
 
     def _snapshot_dict(self) -> dict[str, Any]:
@@ -166,7 +172,13 @@ class _Shard:
                 self.frozen[key] = state.freeze()
         self.changed.clear()
         return {"frozen": self.frozen, "watermark": self.watermark, "expiry": self.expiry,
-                "timers": self.timers, "bases": self.bases, "written": written}
+                "timers": self.timers, "bases": self.bases, "written": written,
+                "held": self.held, "arrivals": self.arrivals}
+
+    def _hold(self, item: Any, ts: int, partition: int, offset: int) -> None:
+        """Keep ``item`` until the watermark passes ``ts``; ties go by partition and offset."""
+        self.arrivals += 1
+        heapq.heappush(self.held, (ts, partition, offset, self.arrivals, item))
 
     def snapshot(self) -> bytes:
         """An immutable copy (bytes) of the whole shard for Bytewax recovery."""
@@ -299,6 +311,13 @@ class CustomerShard(_Shard):
     timers (absence triggers, schedules, deferred decisions) live in this
     shard's heap and fire when the watermark passes them, so a customer who
     sends nothing more still gets the reminder the absence calls for.
+
+    Events and merges wait here for the watermark too, and are applied
+    interleaved with the timers in event-time order: a decision at ``t``
+    reads the customer exactly as the events up to ``t`` left them. Applied
+    on arrival, a customer's direct events ran ahead of the device events
+    and logins the identity step holds back, and a condition such as
+    ``product_view_24h >= 3`` held or not depending on batch timing.
     """
 
     step = "customers"
@@ -307,6 +326,7 @@ class CustomerShard(_Shard):
                  bootstrap: Bootstrap | None = None) -> None:
         self.runner: Any = None
         self.pending: dict[str, Any] = {}
+        self.final = False
         super().__init__(cfg, resume, bootstrap)
         self._runner()
 
@@ -332,40 +352,26 @@ class CustomerShard(_Shard):
         return self.runner
 
     def on_batch(self, items: list[Any]) -> tuple[Iterable[Any], bool]:
-        """Apply events and merges, run the rules, advance event time, write state."""
+        """Hold events and merges until event time passes them, then apply them and
+        fire the rules' timers in event-time order; write state."""
         started = time.perf_counter()
         out: list[Any] = []
         if self.bootstrap is not None:
             self._prefetch((i.user_id or "") if type(i) is Event else i.customer
                            for i in items if type(i) is not Tick)
-        cfg = self.cfg.state
-        states = self.states
-        dirty = self.dirty
-        runner = self._runner()
-        timers: list[Any] = []
         for item in items:
             kind = type(item)
             if kind is Event:
-                key = item.user_id
-                state = states.get(key) or self._state(key)
-                state.apply(item, cfg)
-                dirty.add(key)
                 if item.late:
-                    metrics.LATE_EVENTS.inc()
-                elif runner is not None and item.type in runner.relevant:
-                    runner.on_event(state, item, timers, out)
+                    # Beyond the allowed lateness: lifetime totals only, now.
+                    self._apply(item, out)
+                else:
+                    self._hold(item, item.ts, item.partition, item.offset)
             elif kind is Tick:
                 self.watermark.update(item)
             elif kind is Merge:
-                state = self._state(item.customer)
-                if item.state is not None:
-                    state.merge(item.state, cfg)
-                    if runner is not None:
-                        runner.on_merge(state, item.state, timers)
-                state.add_device(item.anonymous_id)
-                dirty.add(item.customer)
-        for timer in timers:
-            heapq.heappush(self.timers, timer)
+                # Just ahead of the login that linked the device.
+                self._hold(item, item.ts, -1, -1)
         self._advance(out)
         self._flush(out)
         metrics.PENDING_TIMERS.labels(self.step).set(len(self.timers))
@@ -374,11 +380,56 @@ class CustomerShard(_Shard):
         metrics.BATCH_SECONDS.labels(self.step).observe(time.perf_counter() - started)
         return out, RETAIN
 
+    def on_eof(self) -> tuple[Iterable[Any], bool]:
+        """Input ended: for bounded input, everything up to the last event is due."""
+        self.final = self.cfg.finish_on_eof
+        return super().on_eof()
+
+    def _apply(self, item: Any, out: list[Any]) -> None:
+        """Fold one event or merge into its customer; arm the timers it calls for."""
+        cfg = self.cfg.state
+        runner = self.runner if self.cfg.rules is not None else None
+        timers: list[Any] = []
+        if type(item) is Event:
+            key = item.user_id or ""
+            state = self.states.get(key) or self._state(key)
+            state.apply(item, cfg)
+            if item.late:
+                metrics.LATE_EVENTS.inc()
+            elif runner is not None and item.type in runner.relevant:
+                runner.on_event(state, item, timers, out)
+        else:
+            key = item.customer
+            state = self._state(key)
+            if item.state is not None:
+                state.merge(item.state, cfg)
+                if runner is not None:
+                    runner.on_merge(state, item.state, timers)
+            state.add_device(item.anonymous_id)
+        self.dirty.add(key)
+        for timer in timers:
+            heapq.heappush(self.timers, timer)
+
     def _advance(self, out: list[Any]) -> None:
+        """Apply held items and fire timers, oldest first, up to the watermark.
+
+        Only what is older than the watermark: an event at exactly the
+        watermark may still have an equal-time peer on its way. An event
+        goes before a timer due at its own time, so a decision at ``t`` sees
+        the customer exactly as every event up to ``t`` left them, and none
+        after: in every run, however batches and partitions interleaved.
+        """
         wm = self.watermark.value
+        limit = wm + 1 if self.final else wm
+        held = self.held
         heap = self.timers
         runner = self._runner()
-        while heap and heap[0][0] <= wm:
+        while True:
+            if held and held[0][0] < limit and (not heap or held[0][0] <= heap[0][0]):
+                self._apply(heapq.heappop(held)[4], out)
+                continue
+            if not heap or heap[0][0] >= limit:
+                break
             due, key, kind, ref = heapq.heappop(heap)
             # Everything of this customer due at this instant is one moment
             # (rules triggered by the same event compete in one arbitration).
@@ -437,6 +488,20 @@ class IdentityShard(_Shard):
     Guard against over-merging: a device already linked to
     ``max_links_per_device`` distinct customers (a shop's shared tablet) links
     to no further ones; the refusal is counted.
+
+    Events are handled in event-time order, not arrival order: each waits
+    here until the watermark passes it. A login and the device's own events
+    usually come from different partitions, and whether a product view
+    arrived before or after the login that links its device decided whether
+    it stayed in the device's history or fired the customer's rules; after a
+    crash, a replay that interleaved the partitions differently also left
+    behind device documents the first run had written. Held back, every
+    event that is not late meets the links in one order, the same in every
+    run (ties broken by partition and offset). It costs device events no
+    latency that matters: the customer's rules decide on an event only once
+    the watermark passes it anyway (see RuleRunner.on_event). Time passed on
+    to customers stops just short of the oldest event still held, so it
+    never overtakes one.
     """
 
     step = "identity"
@@ -480,12 +545,11 @@ class IdentityShard(_Shard):
         return snap
 
     def on_batch(self, items: list[Any]) -> tuple[Iterable[Any], bool]:
-        """Link, re-attribute or keep each device event; advance event time."""
+        """Hold this batch's events, then link, re-attribute or keep each one the
+        watermark has passed, in event-time order; pass time on."""
         started = time.perf_counter()
         out: list[Any] = []
         ticked = False
-        cfg = self.cfg.state
-        marker = self._marker()
         if self.bootstrap is not None:
             self._prefetch(anon_key(i.anonymous_id or "") for i in items if type(i) is Event)
             self._prefetch_links({i.anonymous_id or "" for i in items if type(i) is Event})
@@ -494,42 +558,85 @@ class IdentityShard(_Shard):
                 self.shard_id = item.via
                 self.watermark.update(item._replace(via=-1))
                 ticked = True
-                continue
-            anon = item.anonymous_id
-            device = self.devices.get(anon)
-            if device is None:
-                device = self.devices[anon] = DeviceLinks()
-                heapq.heappush(self.expiry, (item.ts + cfg.inactive_ttl_ms, "@" + anon))
-            if item.ts > device.last_ts:
-                device.last_ts = item.ts
-            if item.user_id is not None:
-                self._link(anon, device, item, out)
-            elif device.linked is not None:
-                out.append(item.with_user(device.linked))
+            elif item.late:
+                # Beyond the allowed lateness: time has passed it already.
+                self._handle(item, out)
             else:
-                key = anon_key(anon)
-                state = self.states.get(key) or self._state(key)
-                state.apply(item, cfg)
-                if item.late:
-                    metrics.LATE_EVENTS.inc()
-                elif marker is not None and item.type in marker.watched:
-                    # A device's add to cart must still arm its reminder once
-                    # the device is linked (see RuleRunner.on_merge).
-                    mark(state, item, marker.mark_horizon_ms)
-                self.dirty.add(key)
+                self._hold(item, item.ts, item.partition, item.offset)
+        self._release(self.watermark.value, out)
         if ticked:
-            # Passed on after this batch's events: on the way to the customer
-            # shards, time follows the device events, never overtakes them.
-            # Only progress not passed on before: every copy fans out to
-            # every customer shard.
-            for (partition, _), max_ts in self.watermark.partitions.items():
-                if max_ts > self.forwarded.get(partition, NO_WATERMARK):
-                    self.forwarded[partition] = max_ts
-                    out.append(Tick(partition, max_ts, self.shard_id))
+            self._pass_time_on(out)
         self._advance(out)
         self._flush(out)
         metrics.BATCH_SECONDS.labels(self.step).observe(time.perf_counter() - started)
         return out, RETAIN
+
+    def on_eof(self) -> tuple[Iterable[Any], bool]:
+        """Input ended: for bounded input, every held event is due, and so is all time."""
+        out: list[Any] = []
+        if self.cfg.finish_on_eof:
+            self.watermark.finish()
+            self._release(None, out)
+            self._pass_time_on(out, final=True)
+            self._advance(out)
+        self._flush(out, force=True)
+        return out, RETAIN
+
+    def _release(self, watermark: int | None, out: list[Any]) -> None:
+        """Handle, oldest first, every held event older than ``watermark`` (None: all).
+
+        Strictly older: an event at exactly the watermark could still have
+        an equal-time peer on its way that is not late.
+        """
+        held = self.held
+        while held and (watermark is None or held[0][0] < watermark):
+            self._handle(heapq.heappop(held)[4], out)
+
+    def _pass_time_on(self, out: list[Any], final: bool = False) -> None:
+        """Progress not passed on before, never past an event still held.
+
+        Passed on after the released events: on the way to the customer
+        shards, time follows the device events, never overtakes them. Every
+        copy fans out to every customer shard, hence only new progress.
+        """
+        wm = self.watermark.value
+        if wm == NO_WATERMARK:
+            return
+        # A customer shard's watermark is (progress - lateness): capped so,
+        # it stays just below every event still held here (all >= wm).
+        cap = wm + self.watermark.lateness_ms - 1
+        for (partition, _), max_ts in self.watermark.partitions.items():
+            ts = max_ts if final else min(max_ts, cap)
+            if ts > self.forwarded.get(partition, NO_WATERMARK):
+                self.forwarded[partition] = ts
+                out.append(Tick(partition, ts, self.shard_id))
+
+    def _handle(self, item: Event, out: list[Any]) -> None:
+        """Link, re-attribute or keep one device event."""
+        cfg = self.cfg.state
+        anon = item.anonymous_id or ""
+        device = self.devices.get(anon)
+        if device is None:
+            device = self.devices[anon] = DeviceLinks()
+            heapq.heappush(self.expiry, (item.ts + cfg.inactive_ttl_ms, "@" + anon))
+        if item.ts > device.last_ts:
+            device.last_ts = item.ts
+        if item.user_id is not None:
+            self._link(anon, device, item, out)
+        elif device.linked is not None:
+            out.append(item.with_user(device.linked))
+        else:
+            key = anon_key(anon)
+            state = self.states.get(key) or self._state(key)
+            state.apply(item, cfg)
+            marker = self._marker()
+            if item.late:
+                metrics.LATE_EVENTS.inc()
+            elif marker is not None and item.type in marker.watched:
+                # A device's add to cart must still arm its reminder once
+                # the device is linked (see RuleRunner.on_merge).
+                mark(state, item, marker.mark_horizon_ms)
+            self.dirty.add(key)
 
     def _prefetch_links(self, devices: set[str]) -> None:
         """Take over the links of devices this deployment has not seen yet."""
@@ -564,7 +671,7 @@ class IdentityShard(_Shard):
             self.links_changed.add(anon)
             # The merge travels ahead of the login on the same route, so the
             # customer's shard sees the device's history first.
-            out.append(Merge(customer, anon, state))
+            out.append(Merge(customer, anon, state, event.ts))
         out.append(event)
 
     def _expire_one(self, key: str, wm: int, out: list[Any]) -> int | None:

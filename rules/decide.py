@@ -9,12 +9,14 @@ no I/O. What a decision goes through, in order:
 1. **trigger**: an event (with ``where``), the absence of events for a time
    after another (an event-time timer), a date of the profile (a timer), a
    profile change. Every decision is taken when event time (the watermark)
-   passes its moment, in event-time order per customer: that is what makes
-   caps, cooldowns and arbitration give the same answers in every run and
-   after every restart. The price is latency: an event's decision waits for
-   the allowed lateness (``--lateness``);
-2. **conditions** (``when``), read as of the trigger's event time
-   (:class:`~engage.rules.context.Context`);
+   has passed the minute of its moment, in event-time order per customer:
+   by then every event up to that moment has arrived, through whichever
+   partition or device, and that is what makes conditions, caps, cooldowns
+   and arbitration give the same answers in every run and after every
+   restart. The price is latency: an event's decision waits for the allowed
+   lateness (``--lateness``) and the rest of its minute;
+2. **conditions** (``when``, and a ``where`` that reads the customer), read
+   as of the trigger's event time (:class:`~engage.rules.context.Context`);
 3. **re-eligibility** (once, every N, cooldown): refused ones are audited
    as ``cooldown``;
 4. **A/B and control**: a deterministic bucket per customer and rule;
@@ -184,6 +186,11 @@ class RuleRunner:
         #: cancel check looks back to its trigger.
         self.mark_horizon_ms = longest + max(DAY_MS, policy.max_wait_ms) + DAY_MS
         self.by_id = {r.id: r for r in active}
+        #: Event rules whose ``where`` reads the event alone: checked on
+        #: arrival, so most events arm no timer at all.
+        self.where_on_event = frozenset(
+            r.id for r in active if isinstance(r.trigger, EventTrigger) and r.trigger.where
+            is not None and all(n.startswith("event.") for n in r.trigger.where.names()))
         self.pending: dict[str, Pending] = {}
 
     # ------------------------------------------------------------------ triggers
@@ -206,18 +213,15 @@ class RuleRunner:
         for rule in self.on_type.get(e.type, ()):
             t = rule.trigger
             assert isinstance(t, EventTrigger)
-            ctx = Context(state, self.cfg, e.ts, event=e)
-            if t.where is not None and not self._holds(rule, t.where, ctx):
+            if rule.id in self.where_on_event and t.where is not None and not self._holds(
+                    rule, t.where, Context(state, self.cfg, e.ts, event=e)):
                 continue
-            if not all(self._holds(rule, c, ctx) for c in rule.conditions):
-                continue
-            # Conditions are read now, against the event; the rest of the
-            # decision waits until event time passes the event (a timer due
-            # at once), so that every customer's decisions meet the caps,
-            # cooldowns and arbitration in event-time order in every run,
-            # not in the order batches happened to bring them.
-            ref = orjson.dumps([rule.id, e.event_id, e.type, e.ts, e.channel, e.props,
-                                ctx.seen]).decode()
+            # Everything else waits until event time has passed the event (a
+            # timer due at once): by then every event up to it has arrived,
+            # whichever partition or device it came through, so conditions
+            # read the same customer, and decisions meet the caps, cooldowns
+            # and arbitration in event-time order, in every run.
+            ref = orjson.dumps([rule.id, e.event_id, e.type, e.ts, e.channel, e.props]).decode()
             timers.append((e.ts, customer, EVENT, ref))
         if self.schedules and e.type in SCHEDULE_SOURCES and "birthday" in state.profile:
             # Armed when the date is given or changed, and again when one fires.
@@ -275,15 +279,17 @@ class RuleRunner:
     def _timer(self, state: CustomerState, due: int, kind: str, ref: str, timers: list[Timer],
                moment: list[Decision]) -> None:
         if kind == EVENT:
-            rule_id, e_id, e_type, e_ts, e_channel, e_props, seen = orjson.loads(ref)
+            rule_id, e_id, e_type, e_ts, e_channel, e_props = orjson.loads(ref)[:6]
             rule = self.by_id.get(rule_id)
             if rule is None or not isinstance(rule.trigger, EventTrigger):
                 return
             event = Event(e_id, e_type, e_ts, state.key, None, e_channel, e_props)
             ctx = Context(state, self.cfg, e_ts, event=event)
-            ctx.seen.update(seen)   # the values the conditions held on, for payload and explain
-            self._consider(rule, state, ctx, e_ts, [e_id], e_id, moment, timers, event,
-                           conditions=False)
+            where = rule.trigger.where
+            if where is not None and rule.id not in self.where_on_event and not self._holds(
+                    rule, where, ctx):
+                return
+            self._consider(rule, state, ctx, e_ts, [e_id], e_id, moment, timers, event)
         elif kind == ABSENCE:
             rule_id, a_ts, a_id, a_type, a_channel, a_props = orjson.loads(ref)
             rule = self.by_id.get(rule_id)
@@ -323,13 +329,11 @@ class RuleRunner:
 
     def _consider(self, rule: Rule, state: CustomerState, ctx: Context, moment_ts: int,
                   trigger_ids: list[str], anchor: str, moment: list[Decision],
-                  timers: list[Timer], event: Event | None = None,
-                  conditions: bool = True) -> None:
+                  timers: list[Timer], event: Event | None = None) -> None:
         """Conditions, re-eligibility, bucket, consent and quiet hours for one trigger."""
-        if conditions:
-            for cond in rule.conditions:
-                if not self._holds(rule, cond, ctx):
-                    return
+        for cond in rule.conditions:
+            if not self._holds(rule, cond, ctx):
+                return
         aid = action_id(rule.id, rule.version, state.key, anchor)
         doc = self._doc(rule, state, ctx, aid, moment_ts, trigger_ids)
         if not self._eligible(rule, state, moment_ts):

@@ -105,8 +105,12 @@ def test_a_new_deployment_can_take_over_state_and_continue_from_the_end(stack) -
     try:
         time.sleep(4)  # let it start and take its end offsets
         # A device linked by the earlier deployment stays linked to its customer.
-        produce(stack, [view(T0 + 2 * HOUR, anon="d-9", category="lamp")])
-        deadline = time.monotonic() + 30
+        # Device events wait for event time to pass them (the identity step
+        # orders them), so other customers' later traffic, on every partition,
+        # follows.
+        produce(stack, [view(T0 + 2 * HOUR, anon="d-9", category="lamp")]
+                + [view(T0 + 3 * HOUR, user=f"other-{i}") for i in range(20)])
+        deadline = time.monotonic() + 45
         doc = first
         while time.monotonic() < deadline:
             doc = orjson.loads(redis_client(stack).get(state_key("c-9")))
