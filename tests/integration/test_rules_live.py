@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -86,3 +93,87 @@ def test_backfill_rebuilds_state_and_decides_nothing(stack, tmp_path: Path) -> N
     r = redis.Redis.from_url(stack.redis_url)
     assert r.exists("engage:c:{c1}") and r.exists("engage:c:{c4}")
     assert not r.exists("engage:sent:{c4}")
+
+
+RELOADABLE = """
+policy: {caps: {global: null}, quiet_hours: {start: "00:00", end: "00:00"}}
+rules:
+  - id: searcher
+    trigger: {event: search}
+    action: {channel: email, payload: {copy: "VERSION"}}
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _scrape(port: int, sample: str) -> float:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return -1.0
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def _until(predicate, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_running_engine_reloads_changed_rules_and_refuses_a_broken_file(
+        stack, tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RELOADABLE.replace("VERSION", "one"))
+    port = _free_port()
+    env = {**os.environ, **stack.env(), "ENGAGE_RULES": str(rules), "ENGAGE_METRICS_PORT": str(port),
+           "ENGAGE_RULES_RELOAD_INTERVAL": "200ms"}
+    proc = subprocess.Popen([sys.executable, "-m", "engage.cli", "run", "--no-recovery"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def search_then_time_passes(at: int, customer: str) -> None:
+        # Others' later traffic on every partition moves event time past the search.
+        produce(stack, [doc("search", at, customer, query="sofa")]
+                + [view(at + 10 * MIN, f"clock-{i}") for i in range(20)])
+
+    def copies() -> dict[str, tuple[str, str]]:
+        return {a["user_id"]: (a["payload"]["copy"], a["rule_version"])
+                for a in topic_docs(stack, ACTIONS_TOPIC)}
+
+    try:
+        _until(lambda: _scrape(port, "engage_rules_loaded") == 1, "the engine to start")
+        search_then_time_passes(T0, "c1")
+        _until(lambda: "c1" in copies(), "the first action")
+
+        # A broken save: refused whole, metered and logged; version one runs on.
+        rules.write_text(RELOADABLE.replace("VERSION", "two").replace("email", "pigeon"))
+        _until(lambda: _scrape(port, 'engage_rule_reloads_total{outcome="refused"}') == 1,
+               "the refusal")
+        search_then_time_passes(T0 + HOUR, "c2")
+        _until(lambda: "c2" in copies(), "an action under the old rules")
+
+        # The fix: picked up, and the next action carries the new version.
+        rules.write_text(RELOADABLE.replace("VERSION", "two"))
+        _until(lambda: _scrape(port, 'engage_rule_reloads_total{outcome="ok"}') == 1, "the reload")
+        search_then_time_passes(T0 + 2 * HOUR, "c3")
+        _until(lambda: "c3" in copies(), "an action under the new rules")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    got = copies()
+    assert got["c1"] == got["c2"] and got["c1"][0] == "one"
+    assert got["c3"][0] == "two" and got["c3"][1] != got["c1"][1]
+    log = out.decode()
+    assert proc.returncode == 0, log[-2000:]
+    assert "rule reload refused; the previous version keeps running" in log
+    assert "rules.yaml:6: channel must be one of" in log
