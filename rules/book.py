@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 
 from engage.monitoring import metrics
-from engage.rules.loader import (CATALOG_DIR, FileResult, RuleError, RuleLoadError, combine,
+from engage.rules.loader import (CATALOG_DIR, FileResult, RuleError, combine, load_checked,
                                  load_files, rule_files)
 from engage.rules.model import RuleSet
 from engage.state.customer import StateConfig
@@ -51,14 +51,7 @@ class RuleBook:
     @staticmethod
     def load(paths: list[str], cfg: StateConfig) -> "RuleBook":
         """Load every file; refuses to start (RuleLoadError) if any has an error."""
-        files, errors = rule_files(paths)
-        results = load_files(files, cfg)
-        for res in results:
-            errors.extend(res.errors)
-        rules, cross = combine(results)
-        errors.extend(cross)
-        if errors:
-            raise RuleLoadError(errors)
+        rules, results = load_checked(paths, cfg)
         accepted = {res.file: (_stamp(Path(res.file)), res) for res in results}
         metrics.RULES_LOADED.set(len(rules.rules))
         return RuleBook(rules, paths, cfg, accepted)

@@ -670,10 +670,10 @@ def validate(paths: list[str], cfg: StateConfig | None = None) -> list[RuleError
     return errors
 
 
-def load_rules(paths: list[str] | None = None, cfg: StateConfig | None = None) -> RuleSet:
-    """The rule set under ``paths`` (default: the shipped catalog); raises :class:`RuleLoadError`."""
-    cfg = cfg or StateConfig.default()
-    files, errors = rule_files(paths or [str(CATALOG_DIR)])
+def load_checked(paths: list[str], cfg: StateConfig) -> tuple[RuleSet, list[FileResult]]:
+    """The rule set under ``paths`` and each file's result; raises :class:`RuleLoadError`
+    listing every error of every file."""
+    files, errors = rule_files(paths)
     results = load_files(files, cfg)
     for res in results:
         errors.extend(res.errors)
@@ -681,5 +681,9 @@ def load_rules(paths: list[str] | None = None, cfg: StateConfig | None = None) -
     errors.extend(cross)
     if errors:
         raise RuleLoadError(errors)
-    return ruleset
+    return ruleset, results
 
+
+def load_rules(paths: list[str] | None = None, cfg: StateConfig | None = None) -> RuleSet:
+    """The rule set under ``paths`` (default: the shipped catalog); raises :class:`RuleLoadError`."""
+    return load_checked(paths or [str(CATALOG_DIR)], cfg or StateConfig.default())[0]

@@ -23,42 +23,38 @@ _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.]*)\s*\}\}")
 _WHOLE = re.compile(r"^\{\{\s*([A-Za-z_][A-Za-z0-9_.]*)\s*\}\}$")
 
 
+def _strings(payload: Any, path: str = "") -> list[tuple[str, str]]:
+    """``(path in the payload, text)`` for every string, in document order."""
+    if isinstance(payload, str):
+        return [(path, payload)]
+    out: list[tuple[str, str]] = []
+    if isinstance(payload, dict):
+        for k, v in payload.items():
+            out.extend(_strings(v, f"{path}.{k}" if path else str(k)))
+    elif isinstance(payload, list):
+        for i, v in enumerate(payload):
+            out.extend(_strings(v, f"{path}[{i}]"))
+    return out
+
+
 def fields_in(payload: Any) -> list[tuple[str, str]]:
     """``(path in the payload, field)`` for every placeholder, in document order."""
-    out: list[tuple[str, str]] = []
-
-    def walk(value: Any, path: str) -> None:
-        if isinstance(value, str):
-            out.extend((path, m.group(1)) for m in _PLACEHOLDER.finditer(value))
-        elif isinstance(value, dict):
-            for k, v in value.items():
-                walk(v, f"{path}.{k}" if path else str(k))
-        elif isinstance(value, list):
-            for i, v in enumerate(value):
-                walk(v, f"{path}[{i}]")
-    walk(payload, "")
-    return out
+    return [(path, m.group(1)) for path, text in _strings(payload)
+            for m in _PLACEHOLDER.finditer(text)]
 
 
 def check_template(payload: Any, names: Names) -> list[str]:
     """Messages for every placeholder naming an unknown field, or a stray ``{{``."""
     errors = []
-    for path, field in fields_in(payload):
-        if not names.allows(field):
-            errors.append(f"payload {path}: unknown field {field!r} in template"
-                          f"{did_you_mean(field, names.exact)}")
-
-    def stray(value: Any, path: str) -> None:
-        if isinstance(value, str):
-            if "{{" in _PLACEHOLDER.sub("", value) or "}}" in _PLACEHOLDER.sub("", value):
-                errors.append(f"payload {path}: unbalanced or malformed '{{{{ }}}}' placeholder")
-        elif isinstance(value, dict):
-            for k, v in value.items():
-                stray(v, f"{path}.{k}" if path else str(k))
-        elif isinstance(value, list):
-            for i, v in enumerate(value):
-                stray(v, f"{path}[{i}]")
-    stray(payload, "")
+    for path, text in _strings(payload):
+        for m in _PLACEHOLDER.finditer(text):
+            field = m.group(1)
+            if not names.allows(field):
+                errors.append(f"payload {path}: unknown field {field!r} in template"
+                              f"{did_you_mean(field, names.exact)}")
+        rest = _PLACEHOLDER.sub("", text)
+        if "{{" in rest or "}}" in rest:
+            errors.append(f"payload {path}: unbalanced or malformed '{{{{ }}}}' placeholder")
     return errors
 
 
