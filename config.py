@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
 from engage.state.customer import StateConfig
+from engage.state.profile import ProfileConfig
 from engage.state.windows import parse_duration
 
 
@@ -54,6 +55,13 @@ class Settings:
     rules: str | None = None
     #: How often rule files are checked for changes while running ("0s": never).
     rules_reload_interval: str = "5s"
+    #: Lifecycle stages: a first order stays "new" this long; no visit this
+    #: long makes a customer "declining", then "lost".
+    new_for: str = "30d"
+    declining_after: str = "30d"
+    lost_after: str = "90d"
+    #: Member tiers, lowest first, as name:min_spend:min_orders in the 365-day window.
+    tiers: tuple[str, ...] = ("regular:0:0", "silver:1000:2", "gold:5000:4")
     #: Rebuild state from history without deciding anything: no rule runs,
     #: no action or audit record is written (e.g. a first run over old events).
     backfill: bool = False
@@ -76,7 +84,7 @@ class Settings:
                 values[key] = value
         if isinstance(values.get("kafka_config"), str):
             values["kafka_config"] = parse_kafka_config(values["kafka_config"])
-        for name in ("count_windows", "spend_windows", "addresses"):
+        for name in ("count_windows", "spend_windows", "addresses", "tiers"):
             if isinstance(values.get(name), str):
                 values[name] = tuple(v.strip() for v in values[name].replace(";", ",").split(",")
                                      if v.strip())
@@ -106,7 +114,8 @@ class Settings:
     def validate(self) -> None:
         """Raise ValueError naming the first bad setting."""
         for name in ("snapshot_interval", "state_flush_interval", "lateness", "max_future_skew", "idle_partition_after",
-                     "cart_abandon_after", "inactive_ttl", "rules_reload_interval"):
+                     "cart_abandon_after", "inactive_ttl", "rules_reload_interval", "new_for",
+                     "declining_after", "lost_after"):
             try:
                 parse_duration(getattr(self, name))
             except ValueError as exc:
@@ -118,9 +127,23 @@ class Settings:
             if getattr(self, name) < 1:
                 raise ValueError(f"setting {name}: must be at least 1")
         try:
-            self.state_config()
+            state = self.state_config()
         except ValueError as exc:
             raise ValueError(f"setting count_windows/spend_windows: {exc}") from None
+        try:
+            profile = self.profile_config()
+        except ValueError as exc:
+            raise ValueError(f"setting tiers: {exc}") from None
+        if profile.rfm_window not in {w.name for w in state.spend.windows}:
+            raise ValueError(f"setting spend_windows: must include {profile.rfm_window!r} "
+                             "(RFM and tiers are computed over it)")
+        if self.ms("lost_after") <= self.ms("declining_after"):
+            raise ValueError("setting lost_after: must be longer than declining_after")
+
+    def profile_config(self) -> ProfileConfig:
+        """Lifecycle, RFM and tier thresholds."""
+        return ProfileConfig.from_settings(self.new_for, self.declining_after, self.lost_after,
+                                           list(self.tiers))
 
     def state_config(self) -> StateConfig:
         """The per-customer state layout these settings ask for."""

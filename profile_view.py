@@ -17,6 +17,7 @@ from engage.events import ANON_PREFIX, is_anon_key
 from engage.connectors.redis_store import connect, read_clock, read_customer
 from engage.rules.decide import iso
 from engage.state.customer import CustomerState
+from engage.state.profile import Facts, derive
 
 
 def build_view(settings: Settings, customer_key: str, doc: dict[str, Any],
@@ -47,6 +48,41 @@ def build_view(settings: Settings, customer_key: str, doc: dict[str, Any],
         "last_seen": {t: iso(ts) for t, ts in sorted(state.last_seen.items())},
         "profile": {k: v[0] for k, v in state.profile.items()},
         "consent": {k: v[0] for k, v in state.consent.items()},
+        **derived_view(settings, state, ref),
+    }
+
+
+def derived_view(settings: Settings, state: CustomerState, ref: int) -> dict[str, Any]:
+    """Stage, tier, RFM and segment as of ``ref``, with when each was entered, and tags.
+
+    Values are derived again at ``ref`` (recency keeps counting after the
+    engine's last look at the customer); the stored profile says since when.
+    """
+    if is_anon_key(state.key):
+        return {}
+    d = state.derived
+    pcfg = settings.profile_config()
+    facts = Facts(ref, state.max_ts, state.orders, state.first_order_ts, state.last_order_ts,
+                  *state.window_orders(settings.state_config(), pcfg.rfm_window, ref))
+    now = derive(facts, pcfg)
+
+    def since(name: str) -> str | None:
+        entry = d.get(name)
+        return iso(entry[1]) if entry and entry[0] == now[name] else None
+
+    rfm = None
+    if now["rfm"] is not None:
+        days, freq, money, r, f, m = now["rfm"]
+        rfm = {"recency_days": days, "frequency": freq, "monetary": money,
+               "scores": {"r": r, "f": f, "m": m}, "window": pcfg.rfm_window}
+    return {
+        "stage": {"name": now["stage"], "since": since("stage")},
+        "tier": {"name": now["tier"], "since": since("tier")},
+        "rfm": rfm,
+        "segment": {"name": now["segment"], "since": since("segment")} if now["segment"] else None,
+        "tags": [{"name": t, "since": iso(ts)} for t, ts in sorted(d.get("tags", {}).items())],
+        "scores": {name: d.get("scores", {}).get(name, [None])[0]
+                   for name in ("churn_risk", "repurchase_30d")},
     }
 
 
@@ -72,6 +108,19 @@ def render(view: dict[str, Any]) -> str:
         lines.append("profile   " + ", ".join(f"{k}={v}" for k, v in view["profile"].items()))
     if view["consent"]:
         lines.append("consent   " + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in view["consent"].items()))
+    if "stage" in view:
+        lines.append(f"stage     {view['stage']['name']} (since {view['stage']['since'] or '-'})")
+        lines.append(f"tier      {view['tier']['name']} (since {view['tier']['since'] or '-'})")
+        rfm = view["rfm"]
+        if rfm:
+            lines.append(f"rfm       R {rfm['recency_days']} days, F {rfm['frequency']} orders, "
+                         f"M {rfm['monetary']} in {rfm['window']}; scores "
+                         f"{rfm['scores']['r']}/{rfm['scores']['f']}/{rfm['scores']['m']}; segment "
+                         f"{view['segment']['name']} (since {view['segment']['since'] or '-'})")
+        tags = ", ".join(f"{t['name']} (since {t['since']})" for t in view["tags"])
+        lines.append(f"tags      {tags or '-'}")
+        scores = ", ".join(f"{k}={v}" for k, v in view["scores"].items() if v is not None)
+        lines.append(f"scores    {scores or '- (no model yet)'}")
     return "\n".join(lines)
 
 

@@ -14,7 +14,7 @@ import os
 import time
 import zlib
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -22,6 +22,7 @@ import orjson
 from bytewax.testing import run_main
 
 from engage.config import Settings
+from engage.connectors.kafka import PROFILE_TOPIC
 from engage.connectors.memory import ListSink, ListSource
 from engage.flows.engagement import build_flow
 from engage.operators.contact import ContactPolicy
@@ -41,6 +42,7 @@ class ReplayResult:
     suppressed: list[dict[str, Any]]
     dead_letters: list[tuple[str, str]]   # (reason, detail)
     events: int
+    profile_changes: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> dict[str, dict[str, int]]:
         """Per rule: fired (sent), then a count per suppression reason, and deferred."""
@@ -91,7 +93,7 @@ def replay(events_path: str, rules: list[str] | str | None, settings: Settings |
                       kafka, lineage="replay", live=False, finish_on_eof=True,
                       now=lambda: now, rules=book, contact=ContactPolicy(MemoryLedger.empty()))
     run_main(flow)
-    actions, suppressed, dead = [], [], []
+    actions, suppressed, dead, changes = [], [], [], []
     for emit in kafka.items or []:
         assert isinstance(emit, Emit)
         if emit.topic == "engage.dlq":
@@ -99,9 +101,11 @@ def replay(events_path: str, rules: list[str] | str | None, settings: Settings |
             dead.append((headers["engage.reason"].decode(), headers["engage.detail"].decode()))
         elif emit.topic == "engage.actions":
             actions.append(orjson.loads(emit.value or b"{}"))
+        elif emit.topic == PROFILE_TOPIC:
+            changes.append(orjson.loads(emit.value or b"{}"))
         else:
             suppressed.append(orjson.loads(emit.value or b"{}"))
-    return ReplayResult(actions, suppressed, dead, len(records))
+    return ReplayResult(actions, suppressed, dead, len(records), changes)
 
 
 def _latest_ts(records: list[tuple[int, int, bytes, bytes]]) -> int:

@@ -86,13 +86,15 @@ def engine_flow(settings: Settings, stop_at_end: bool = False, from_end: bool = 
                  if boot else None)
     source = EventSource(settings.kafka_bootstrap, batch_size=settings.batch_size,
                          stop_at_end=stop_at_end, extra=settings.kafka_config, from_end=from_end)
-    book = None if settings.backfill else (book or load_rule_book(settings))
+    book = book or load_rule_book(settings)
     url, ttl = settings.redis_url, settings.ms("inactive_ttl")
+    # A backfill keeps the profile (and its tags) but decides nothing.
     flow = build_flow(settings, source,
                       RedisStateSink(settings.redis_url, ttl // 1000),
                       KafkaTopicsSink(settings.kafka_bootstrap, settings.kafka_config),
                       lineage=line, bootstrap=bootstrap, finish_on_eof=stop_at_end,
-                      rules=book, contact=ContactPolicy(lambda: RedisLedger(url, ttl)))
+                      rules=None if settings.backfill else book,
+                      contact=ContactPolicy(lambda: RedisLedger(url, ttl)), tags=book)
     return flow
 
 
@@ -156,12 +158,12 @@ def run_engine(settings: Settings, stop_at_end: bool = False, from_end: bool = F
     ensure_topics(settings.kafka_bootstrap or "", {
         t: settings.event_partitions if t == EVENTS_TOPIC else 1 for t in ALL_TOPICS},
         settings.kafka_config)
+    book = load_rule_book(settings)
     if settings.backfill:
-        book = None
-        log.info("backfill: rebuilding state only; no rule runs, nothing is sent")
+        log.info("backfill: rebuilding state and profiles only; no rule runs, nothing is sent")
     else:
-        book = load_rule_book(settings)
-        log.info("%d rules in force from %s", len(book.current.rules), ", ".join(book.paths))
+        log.info("%d rules, %d tags in force from %s", len(book.current.rules),
+                 len(book.current.tags), ", ".join(book.paths))
         watch_rules(book, settings.ms("rules_reload_interval") / 1000)
     flow = engine_flow(settings, stop_at_end=stop_at_end, from_end=from_end, book=book)
     tune_gc()

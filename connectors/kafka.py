@@ -28,7 +28,8 @@ EVENTS_TOPIC = "engage.events"
 ACTIONS_TOPIC = "engage.actions"
 DLQ_TOPIC = "engage.dlq"
 AUDIT_TOPIC = "engage.audit"
-ALL_TOPICS = (EVENTS_TOPIC, ACTIONS_TOPIC, DLQ_TOPIC, AUDIT_TOPIC)
+PROFILE_TOPIC = "engage.profile_changes"
+ALL_TOPICS = (EVENTS_TOPIC, ACTIONS_TOPIC, DLQ_TOPIC, AUDIT_TOPIC, PROFILE_TOPIC)
 
 #: How long a partition with nothing buffered waits before it is polled again.
 IDLE_POLL = timedelta(milliseconds=5)

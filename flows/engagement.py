@@ -6,6 +6,7 @@ Read top to bottom, this is the path of one event::
                                                  ├─ identity (device shards) ─┐                   │
                                                  └────────────────────────────┴─ customers (shards, rules)
                                                                                 ├─ state → Redis  │
+                                                                                ├─ profile changes ───┤
                                                                                 └─ decisions ─ contact
                                                                                    ledger ─ actions,
                                                                                    audit ─────────┴→ Kafka
@@ -57,11 +58,13 @@ def build_flow(settings: Settings, source: FixedPartitionedSource[RawRecord, Any
                state_sink: Sink[StateWrites], kafka_sink: Sink[Emit], lineage: str,
                bootstrap: Bootstrap | None = None, live: bool = True,
                finish_on_eof: bool = True, now: Now = time.time,
-               rules: Any = None, contact: ContactPolicy | None = None) -> Dataflow:
+               rules: Any = None, contact: ContactPolicy | None = None,
+               tags: Any = None) -> Dataflow:
     """Wire the engine's steps between the given connectors.
 
     ``source`` yields raw ``(partition, offset, key, value)`` records.
-    ``rules`` is a :class:`~engage.rules.book.RuleBook` (None: no rules);
+    ``rules`` is a :class:`~engage.rules.book.RuleBook` (None: no rules;
+    ``tags`` then names the book whose tag definitions the profile keeps);
     ``contact`` checks decisions against the contact ledger before they go
     out (by default an in-memory ledger: replays and pure-logic tests).
     ``finish_on_eof``: when the input ends, event time moves to the last
@@ -81,6 +84,8 @@ def build_flow(settings: Settings, source: FixedPartitionedSource[RawRecord, Any
         sources=router.identity_sources(parts),
         flush_every_ms=settings.ms("state_flush_interval"),
         rules=rules,
+        profile=settings.profile_config(),
+        tags=tags,
     )
     if contact is None:
         from engage.state.contact import MemoryLedger  # noqa: PLC0415

@@ -49,3 +49,6 @@ RULE_EVAL_ERRORS = Counter("engage_rule_eval_errors_total",
 RULE_RELOADS = Counter("engage_rule_reloads_total",
                        "Rule file reloads, by outcome (ok, refused).", ["outcome"])
 RULES_LOADED = Gauge("engage_rules_loaded", "Rules currently in force.")
+PROFILE_CHANGES = Counter("engage_profile_changes_total",
+                          "Profile changes published (stage, tier, segment, tags), by kind.",
+                          ["kind"])

@@ -47,16 +47,20 @@ class ContactPolicy:
         return self._ledger
 
     def __call__(self, outputs: list[tuple[str, Any]]) -> list[Emit]:
-        """One batch of the customer step's outputs in, Kafka messages out."""
+        """One batch of the customer step's outputs in, Kafka messages out.
+
+        Messages the shards made themselves (profile changes) pass through.
+        """
         decisions = [x for _, x in outputs if type(x) is Decision]
+        passed = [x for _, x in outputs if type(x) is Emit]
         if not decisions:
-            return []
+            return passed
         checked = [d for d in decisions if d.request is not None and "reason" not in d.doc]
         verdicts = self.ledger().decide([d.request for d in checked]) if checked else []
         for d, verdict in zip(checked, verdicts):
             if verdict != "send":
                 d.doc["reason"] = verdict
-        out: list[Emit] = []
+        out: list[Emit] = passed
         for d in decisions:
             doc = d.doc
             key = str(doc["user_id"]).encode()

@@ -32,11 +32,13 @@ from engage.events import Event, anon_key
 from engage.monitoring import metrics
 from engage.operators.event_time import NO_WATERMARK, Watermark
 from engage.rules.decide import mark
-from engage.operators.records import Merge, StateWrites, Tick
+from engage.operators.records import Emit, Merge, StateWrites, Tick
 from engage.state.customer import CustomerState, StateConfig
 from engage.state.keys import base_key, link_key, state_key
 
 CLOCK_STEP_MS = 60_000
+#: Timer kind of the profile's own timer (the rule runner's kinds are single letters too).
+PROFILE_TIMER = "p"
 #: What Bytewax's StatefulBatchLogic.RETAIN means: keep the shard after this call.
 RETAIN = False
 
@@ -68,6 +70,11 @@ class ShardConfig:
     #: The rules in force (a RuleBook: ``.current`` is swapped on reload);
     #: None runs no rules at all.
     rules: Any = None
+    #: Lifecycle, RFM and tier thresholds (a ProfileConfig); None keeps no profile.
+    profile: Any = None
+    #: Tag definitions when no rules run (backfill): a RuleBook, or None.
+    tags: Any = None
+    profile_topic: str = "engage.profile_changes"
 
 
 class Bootstrap:
@@ -325,10 +332,12 @@ class CustomerShard(_Shard):
     def __init__(self, cfg: ShardConfig, resume: bytes | None,
                  bootstrap: Bootstrap | None = None) -> None:
         self.runner: Any = None
+        self.profiler: Any = None
         self.pending: dict[str, Any] = {}
         self.final = False
         super().__init__(cfg, resume, bootstrap)
         self._runner()
+        self._profiler()
 
     def _restore(self, snap: dict[str, Any]) -> None:
         super()._restore(snap)
@@ -350,6 +359,19 @@ class CustomerShard(_Shard):
             self.runner = RuleRunner(book.current, self.cfg.state, self.cfg.live)
             self.runner.pending = self.pending   # decisions waiting survive a reload
         return self.runner
+
+    def _profiler(self) -> Any:
+        """The profile keeper for the tag definitions in force (rebuilt on reload)."""
+        if self.cfg.profile is None:
+            return None
+        book = self.cfg.rules if self.cfg.rules is not None else self.cfg.tags
+        from engage.rules.model import RuleSet  # noqa: PLC0415 - not compiled
+        from engage.rules.profiler import Profiler  # noqa: PLC0415 - not compiled
+
+        rules = book.current if book is not None else RuleSet(())
+        if self.profiler is None or self.profiler.rules is not rules:
+            self.profiler = Profiler(rules, self.cfg.state, self.cfg.profile)
+        return self.profiler
 
     def on_batch(self, items: list[Any]) -> tuple[Iterable[Any], bool]:
         """Hold events and merges until event time passes them, then apply them and
@@ -389,6 +411,7 @@ class CustomerShard(_Shard):
         """Fold one event or merge into its customer; arm the timers it calls for."""
         cfg = self.cfg.state
         runner = self.runner if self.cfg.rules is not None else None
+        profiler = self.profiler
         timers: list[Any] = []
         if type(item) is Event:
             key = item.user_id or ""
@@ -396,8 +419,13 @@ class CustomerShard(_Shard):
             state.apply(item, cfg)
             if item.late:
                 metrics.LATE_EVENTS.inc()
-            elif runner is not None and item.type in runner.relevant:
-                runner.on_event(state, item, timers, out)
+            else:
+                if runner is not None and item.type in runner.relevant:
+                    runner.on_event(state, item, timers, out)
+                if profiler is not None:
+                    profiler.learn(state, item)
+                    if profiler.relevant(state, item.type):
+                        self._profile(state, item.ts, {"event_id": item.event_id}, timers, out)
         else:
             key = item.customer
             state = self._state(key)
@@ -406,9 +434,29 @@ class CustomerShard(_Shard):
                 if runner is not None:
                     runner.on_merge(state, item.state, timers)
             state.add_device(item.anonymous_id)
+            if profiler is not None and item.state is not None:
+                self._profile(state, item.ts, {"merged": item.anonymous_id}, timers, out)
         self.dirty.add(key)
         for timer in timers:
             heapq.heappush(self.timers, timer)
+
+    def _profile(self, state: CustomerState, as_of: int, cause: dict[str, Any],
+                 timers: list[Any], out: list[Any]) -> None:
+        """Bring ``state``'s profile to ``as_of``: publish its changes, let rules react,
+        and keep its timer armed at the next moment time alone may change it."""
+        profiler = self.profiler
+        runner = self.runner if self.cfg.rules is not None else None
+        key = state.key
+        for change in profiler.update(state, as_of, cause):
+            metrics.PROFILE_CHANGES.labels(change["kind"]).inc()
+            out.append(Emit(self.cfg.profile_topic, key.encode(), profiler.message(key, change)))
+            if runner is not None:
+                runner.on_change(state, change, timers, out)
+        due = profiler.next_due(state, as_of)
+        armed = state.derived.get("due")
+        if due is not None and (armed is None or due < armed or armed <= as_of):
+            state.derived["due"] = due
+            timers.append((due, key, PROFILE_TIMER, ""))
 
     def _advance(self, out: list[Any]) -> None:
         """Apply held items and fire timers, oldest first, up to the watermark.
@@ -424,6 +472,7 @@ class CustomerShard(_Shard):
         held = self.held
         heap = self.timers
         runner = self._runner()
+        self._profiler()
         while True:
             if held and held[0][0] < limit and (not heap or held[0][0] <= heap[0][0]):
                 self._apply(heapq.heappop(held)[4], out)
@@ -438,11 +487,19 @@ class CustomerShard(_Shard):
                 _, _, kind, ref = heapq.heappop(heap)
                 due_now.append((kind, ref))
             state = self._lookup(key)
-            if state is None or runner is None:
+            if state is None:
                 continue
             fresh: list[Any] = []
-            runner.on_timers(state, due, due_now, fresh, out)
-            self.dirty.add(key)
+            if (PROFILE_TIMER, "") in due_now:
+                due_now = [t for t in due_now if t[0] != PROFILE_TIMER]
+                # Only the latest armed one counts; earlier ones were superseded.
+                if self.profiler is not None and state.derived.get("due") == due:
+                    del state.derived["due"]
+                    self._profile(state, due, {"time": True}, fresh, out)
+                    self.dirty.add(key)
+            if due_now and runner is not None:
+                runner.on_timers(state, due, due_now, fresh, out)
+                self.dirty.add(key)
             for timer in fresh:
                 heapq.heappush(heap, timer)
         self._expire(out)

@@ -95,9 +95,7 @@ class RuleBook:
                 self.accepted.pop(name, None)
             for name, res in fresh.items():
                 self.accepted[name] = (stamps[name], res)
-            self.current = RuleSet(tuple(r for res in (self.accepted[n][1] for n in sorted(self.accepted))
-                                         for r in res.rules), rules.policy,
-                                   tuple(sorted(self.accepted)))
+            self.current = combine([self.accepted[n][1] for n in sorted(self.accepted)])[0]
             metrics.RULE_RELOADS.labels("ok").inc()
             metrics.RULES_LOADED.set(len(self.current.rules))
             log.info("rules reloaded: %d in force (%s)", len(self.current.rules),

@@ -108,9 +108,19 @@ class Context:
             entry = s.profile.get(name)
             return entry[0] if entry else None
         if name == "tags":
-            return list(self.profile.get("tags", ()))
-        if name in ("segment", "stage", "tier", "churn_risk", "repurchase_30d"):
-            return self.profile.get(name)
+            if "tags" in self.profile:
+                return list(self.profile["tags"])
+            return sorted(s.derived.get("tags", ()))
+        if name in ("segment", "stage", "tier"):
+            if name in self.profile:
+                return self.profile[name]
+            entry = s.derived.get(name)
+            return entry[0] if entry else None
+        if name in ("churn_risk", "repurchase_30d"):
+            if name in self.profile:
+                return self.profile[name]
+            score = s.derived.get("scores", {}).get(name)
+            return score[0] if score else None
         if name.startswith("spend_"):
             spend = s.spend_in(self.cfg, self.as_of)
             return spend.get(name[6:])

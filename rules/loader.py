@@ -23,10 +23,11 @@ import yaml
 from engage.events import EVENT_TYPES
 from engage.rules.expr import Condition, ExprError, Names, did_you_mean
 from engage.rules.model import (TRANSITION_KINDS, AbsenceTrigger, Action, Cap, Eligibility,
-                                EventTrigger, Policy, QuietHours, Rule, RuleSet, ScheduleTrigger,
-                                TransitionTrigger, Trigger, Variant, rule_version)
+                                EventTrigger, Policy, Preferences, QuietHours, Rule, RuleSet,
+                                ScheduleTrigger, TagDef, TransitionTrigger, Trigger, Variant,
+                                rule_version)
 from engage.rules.templates import Template, check_template
-from engage.rules.vocabulary import CHANNELS, names_for
+from engage.rules.vocabulary import CHANNELS, FUNCTIONS, customer_fields, names_for
 from engage.state.customer import StateConfig
 from engage.state.windows import parse_duration
 
@@ -36,6 +37,7 @@ CATALOG_DIR = Path(__file__).resolve().parent / "catalog"
 _RULE_ID = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 SCHEDULE_DATES = ("birthday",)
+TOP_KEYS = ("rules", "policy", "tags", "preferences")
 
 
 @dataclass(frozen=True)
@@ -553,15 +555,93 @@ def _policy(s: _Section) -> Policy:
     return policy
 
 
+# ---------------------------------------------------------------- tags
+TAG_KEYS = ("id", "when", "layer", "description")
+TAG_LAYERS = ("dynamic", "static", "predictive")
+PREFERENCE_KEYS = ("half_life", "min_score", "top_categories", "top_styles", "price_bands",
+                   "weights")
+_TAG_ID = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+def tag_names(cfg: StateConfig) -> Names:
+    """What a tag's condition may read: the customer's fields, but not other tags
+    (tags are evaluated together, so one cannot wait for another)."""
+    return Names(frozenset(customer_fields(cfg)) - {"tags"},
+                 functions=tuple(f for f in FUNCTIONS if f[0] != "has_tag"))
+
+
+def _tag(doc: _Doc, path: Path_, raw: Any, cfg: StateConfig) -> TagDef | None:
+    if not isinstance(raw, dict):
+        doc.error(doc.line(path), f"each tag must be a mapping, not {_type_name(raw)}")
+        return None
+    tid = raw.get("id")
+    s = _Section(doc, path, raw, f"tag {tid!r}" if isinstance(tid, str) else "a tag")
+    before = len(doc.errors)
+    s.keys(TAG_KEYS, required=("id", "when"))
+    tag_id = s.typed("id", str, "")
+    if tag_id and not _TAG_ID.match(tag_id):
+        s.error("id", f"tag id {tag_id!r} must be lower case letters, digits and '_', "
+                      "starting with a letter")
+    when = s.condition("when", tag_names(cfg)) if "when" in raw else None
+    layer = s.choice("layer", TAG_LAYERS, "dynamic")
+    if len(doc.errors) > before or when is None:
+        return None
+    return TagDef(tag_id, when, layer, s.typed("description", str, ""),
+                  f"{doc.file}:{doc.line(path)}")
+
+
+def _preferences(s: _Section) -> Preferences:
+    s.keys(PREFERENCE_KEYS)
+    p = Preferences()
+    half_life = s.duration("half_life", p.half_life_ms) or p.half_life_ms
+    min_score = s.typed("min_score", float, p.min_score)
+    tops = {}
+    for key in ("top_categories", "top_styles"):
+        value = s.typed(key, int, getattr(p, key))
+        if value < 0:
+            s.error(key, f"{key} must be 0 or more")
+        tops[key] = value
+    bands = p.price_bands
+    bsec = s.section("price_bands", "price_bands")
+    if bsec is not None:
+        parsed = []
+        for name in bsec.value:
+            low = bsec.typed(name, float)
+            if low is not None:
+                parsed.append((name, float(low)))
+        parsed.sort(key=lambda b: b[1])
+        if parsed and parsed[0][1] > 0:
+            bsec.error(None, "price_bands must start at 0 (every price falls in a band)")
+        bands = tuple(parsed) or bands
+    weights = p.weights
+    wsec = s.section("weights", "weights")
+    if wsec is not None:
+        known = tuple(t for t, _ in p.weights)
+        parsed_w = []
+        for etype in wsec.value:
+            if etype not in known:
+                wsec.error(etype, f"weights: {etype!r} is not one of {', '.join(known)}"
+                                  f"{did_you_mean(etype, known)}")
+                continue
+            w = wsec.typed(etype, float)
+            if w is not None:
+                parsed_w.append((etype, float(w)))
+        weights = tuple(parsed_w)
+    return Preferences(half_life, float(min_score), tops["top_categories"], tops["top_styles"],
+                       bands, weights)
+
+
 # ---------------------------------------------------------------- files
 @dataclass(frozen=True)
 class FileResult:
-    """One file's rules and policy, or its errors (then nothing of it is used)."""
+    """One file's rules, policy and tags, or its errors (then nothing of it is used)."""
 
     file: str
     rules: tuple[Rule, ...]
     policy: Policy | None
     errors: tuple[RuleError, ...]
+    tags: tuple[TagDef, ...] = ()
+    preferences: Preferences | None = None
 
 
 def load_text(text: str, file: str, cfg: StateConfig) -> FileResult:
@@ -569,36 +649,48 @@ def load_text(text: str, file: str, cfg: StateConfig) -> FileResult:
     doc = _Doc(file, text)
     data = _parse_yaml(text, doc)
     rules: list[Rule] = []
+    tags: list[TagDef] = []
     policy: Policy | None = None
+    preferences: Preferences | None = None
     if data is None and not doc.errors:
-        doc.error(1, "empty file: expected 'rules:' and/or 'policy:'")
+        doc.error(1, "empty file: expected 'rules:', 'policy:', 'tags:' or 'preferences:'")
     elif isinstance(data, dict):
         top = _Section(doc, (), data, "a rule file")
-        top.keys(("rules", "policy"))
-        if "rules" not in data and "policy" not in data:
-            doc.error(1, "a rule file needs 'rules:' (a list of rules) and/or 'policy:'")
+        top.keys(TOP_KEYS)
+        if not any(k in data for k in TOP_KEYS):
+            doc.error(1, "a rule file needs 'rules:' (a list of rules), 'policy:', 'tags:' "
+                         "or 'preferences:'")
         for i, raw in enumerate(top.typed("rules", list, [])):
             rule = _rule(doc, ("rules", i), raw, cfg)
             if rule is not None:
                 rules.append(rule)
+        for i, raw in enumerate(top.typed("tags", list, [])):
+            tag = _tag(doc, ("tags", i), raw, cfg)
+            if tag is not None:
+                tags.append(tag)
         psec = top.section("policy", "policy")
         if psec is not None:
             policy = _policy(psec)
-        seen: dict[str, int] = {}
-        for i, raw in enumerate(data.get("rules") or []):
-            rid = raw.get("id") if isinstance(raw, dict) else None
-            if isinstance(rid, str):
-                line = doc.line(("rules", i, "id"))
-                if rid in seen:
-                    doc.error(line, f"duplicate rule id {rid!r} (first defined at line {seen[rid]})")
-                else:
-                    seen[rid] = line
+        prefs = top.section("preferences", "preferences")
+        if prefs is not None:
+            preferences = _preferences(prefs)
+        for section, what in (("rules", "rule"), ("tags", "tag")):
+            seen: dict[str, int] = {}
+            for i, raw in enumerate(data.get(section) or []):
+                rid = raw.get("id") if isinstance(raw, dict) else None
+                if isinstance(rid, str):
+                    line = doc.line((section, i, "id"))
+                    if rid in seen:
+                        doc.error(line, f"duplicate {what} id {rid!r} (first defined at line "
+                                        f"{seen[rid]})")
+                    else:
+                        seen[rid] = line
     elif data is not None:
         doc.error(1, f"a rule file must be a mapping with 'rules:', not {_type_name(data)}")
     errors = tuple(sorted(doc.errors, key=lambda e: e.line))
     if errors:
         return FileResult(file, (), None, errors)
-    return FileResult(file, tuple(rules), policy, ())
+    return FileResult(file, tuple(rules), policy, (), tuple(tags), preferences)
 
 
 def rule_files(paths: list[str]) -> tuple[list[Path], list[RuleError]]:
@@ -636,9 +728,13 @@ def combine(results: list[FileResult]) -> tuple[RuleSet, list[RuleError]]:
     """The rule set of the accepted files, and the errors that span files."""
     errors: list[RuleError] = []
     rules: list[Rule] = []
+    tags: list[TagDef] = []
     first: dict[str, str] = {}
+    first_tag: dict[str, str] = {}
     policy: Policy | None = None
     policy_from = ""
+    preferences: Preferences | None = None
+    preferences_from = ""
     for res in results:
         if res.errors:
             continue
@@ -650,13 +746,28 @@ def combine(results: list[FileResult]) -> tuple[RuleSet, list[RuleError]]:
                 continue
             first[rule.id] = rule.source
             rules.append(rule)
+        for tag in res.tags:
+            if tag.id in first_tag:
+                file, line = tag.source.rsplit(":", 1)
+                errors.append(RuleError(file, int(line), f"duplicate tag id {tag.id!r} "
+                                                         f"(first defined at {first_tag[tag.id]})"))
+                continue
+            first_tag[tag.id] = tag.source
+            tags.append(tag)
         if res.policy is not None:
             if policy is not None:
                 errors.append(RuleError(res.file, 1, f"a second 'policy:' (the first is in "
                                                      f"{policy_from}); keep one"))
             else:
                 policy, policy_from = res.policy, res.file
-    return RuleSet(tuple(rules), policy or Policy(), tuple(r.file for r in results)), errors
+        if res.preferences is not None:
+            if preferences is not None:
+                errors.append(RuleError(res.file, 1, f"a second 'preferences:' (the first is in "
+                                                     f"{preferences_from}); keep one"))
+            else:
+                preferences, preferences_from = res.preferences, res.file
+    return RuleSet(tuple(rules), policy or Policy(), tuple(r.file for r in results),
+                   tuple(tags), preferences), errors
 
 
 def validate(paths: list[str], cfg: StateConfig | None = None) -> list[RuleError]:

@@ -198,13 +198,52 @@ class Rule:
     attribution_window_ms: int = 7 * 86_400_000
 
 
+# ---------------------------------------------------------------- tags
+@dataclass(frozen=True)
+class TagDef:
+    """A tag the profile keeps: set while ``when`` holds for the customer.
+
+    ``layer`` is the domain's: ``dynamic`` (windowed behaviour), ``static``
+    (profile fields), ``predictive`` (the models' scores).
+    """
+
+    id: str
+    when: Condition
+    layer: str = "dynamic"
+    description: str = ""
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Preferences:
+    """Preference tags: what a customer likes, from what they viewed, carted and bought.
+
+    Every such event adds its weight to a score per category, style and
+    price band, and scores halve every ``half_life_ms`` of event time, so
+    old interests fade. The ``top`` scores of at least ``min_score`` are
+    tags: ``likes:<category>``, ``style:<style>``, ``price:<band>`` (one band).
+    """
+
+    half_life_ms: int = 30 * 86_400_000
+    min_score: float = 3.0
+    top_categories: int = 3
+    top_styles: int = 2
+    #: (band, lowest price), ascending.
+    price_bands: tuple[tuple[str, float], ...] = (("budget", 0.0), ("mid", 200.0),
+                                                  ("premium", 1000.0))
+    weights: tuple[tuple[str, float], ...] = (("product_view", 1.0), ("favorite", 2.0),
+                                              ("add_to_cart", 3.0), ("order_paid", 5.0))
+
+
 @dataclass(frozen=True)
 class RuleSet:
-    """Every rule loaded from a rules directory, and the policy."""
+    """Every rule loaded from a rules directory, the policy, and the tag definitions."""
 
     rules: tuple[Rule, ...]
     policy: Policy = Policy()
     files: tuple[str, ...] = field(default=())
+    tags: tuple[TagDef, ...] = ()
+    preferences: Preferences | None = None
 
     def by_id(self, rule_id: str) -> Rule:
         """The rule called ``rule_id``."""

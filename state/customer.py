@@ -20,6 +20,7 @@ from engage.state.windows import HOUR_MS, WindowSet, levels_from_doc, parse_dura
 #: How many recent order ids are remembered to ignore a re-sent order.
 RECENT_ORDERS = 16
 _SPEND = ("spend",)
+_ORDERS = ("orders",)
 
 
 def _cents(amount: float) -> int:
@@ -30,7 +31,7 @@ def _cents(amount: float) -> int:
 _FIELDS = ("key", "anon_ids", "counts", "spend", "lifetime", "last_seen", "cart",
            "first_order_ts", "last_order_ts", "orders", "spend_total",
            "recent_orders", "max_ts", "profile", "consent", "late_events",
-           "marks", "fired", "armed")
+           "marks", "fired", "armed", "derived")
 _CART_TYPES = frozenset({"add_to_cart", "remove_from_cart"}) | ORDER_TYPES
 
 
@@ -101,6 +102,10 @@ class CustomerState:
         self.marks: dict[str, list[Any]] = {}     # event type -> [floor ts, [[ts, event id], ...]]
         self.fired: dict[str, list[int]] = {}     # rule id -> [last decision ts, last period]
         self.armed: dict[str, int] = {}           # schedule rule id -> due time armed
+        # The profile derived from all of the above (engage.state.profile):
+        # stage/tier/segment -> [name, since], rfm, tags -> {tag: since},
+        # scores (the models'), due (its next timer).
+        self.derived: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ updates
     def apply(self, e: Event, cfg: StateConfig) -> None:
@@ -181,7 +186,9 @@ class CustomerState:
         if self.last_order_ts is None or ts > self.last_order_ts:
             self.last_order_ts = ts
         if not e.late:
-            cfg.spend.add(self.spend, ts, _SPEND, amount, self.max_ts // HOUR_MS * HOUR_MS)
+            ref = self.max_ts // HOUR_MS * HOUR_MS
+            cfg.spend.add(self.spend, ts, _SPEND, amount, ref)
+            cfg.spend.add(self.spend, ts, _ORDERS, 1, ref)
 
     def _refund(self, e: Event, cfg: StateConfig) -> None:
         amount = _cents(e.props["amount"])
@@ -274,6 +281,16 @@ class CustomerState:
             return {w.name: 0 for w in cfg.spend.windows}
         return {name: cents / 100 for name, cents in values.items()}
 
+    def window_orders(self, cfg: StateConfig, window: str, ref_ts: int) -> tuple[float, float]:
+        """Orders and spend (currency units) in the spend window ``window`` at ``ref_ts``."""
+        orders = cfg.spend.value(self.spend, _ORDERS[0], window, ref_ts)
+        cents = cfg.spend.value(self.spend, _SPEND[0], window, ref_ts)
+        return orders, cents / 100
+
+    def window_exit(self, cfg: StateConfig, window: str, ref_ts: int) -> int | None:
+        """When the oldest amount in the spend window ``window`` at ``ref_ts`` leaves it."""
+        return cfg.spend.next_exit(self.spend, window, ref_ts)
+
     # ------------------------------------------------------------------ storage
     def to_doc(self, cfg: StateConfig) -> dict[str, Any]:
         """The JSON document stored in Redis (compact, but readable).
@@ -307,6 +324,8 @@ class CustomerState:
             doc["late"] = self.late_events
         if self.fired:
             doc["rules"] = self.fired
+        if self.derived:
+            doc["derived"] = self.derived
         return doc
 
     @staticmethod
@@ -332,6 +351,7 @@ class CustomerState:
         s.consent = {k: list(v) for k, v in doc.get("consent", {}).items()}
         s.late_events = doc.get("late", 0)
         s.fired = {k: list(v) for k, v in doc.get("rules", {}).items()}
+        s.derived = orjson.loads(orjson.dumps(doc.get("derived", {})))   # a deep copy
         return s
 
     def freeze(self) -> bytes:

@@ -202,6 +202,29 @@ class WindowSet:
                     total += bucket.get(counter, 0)
         return total
 
+    def next_exit(self, levels: Levels, window: str, ref_ts: int) -> int | None:
+        """The earliest time after ``ref_ts`` at which a bucket now in ``window`` slides out.
+
+        >>> ws = WindowSet.of(["7d"])
+        >>> levels = ws.empty()
+        >>> ws.add(levels, 3 * DAY_MS + 5, ("view",), 1)
+        >>> ws.next_exit(levels, "7d", 4 * DAY_MS) == 10 * DAY_MS
+        True
+        """
+        w = self.window(window)
+        gran = w.granularity_ms
+        top = ref_ts // gran
+        low = top - w.buckets
+        oldest: int | None = None
+        for li in range(w.level + 1):
+            level_gran = self.granularities[li]
+            for i in levels[li]:
+                at = int(i) * level_gran // gran
+                if low < at <= top and (oldest is None or at < oldest):
+                    oldest = at
+        # Bucket ``at`` counts while at > floor(T/gran) - buckets.
+        return None if oldest is None else (oldest + w.buckets) * gran
+
     def values(self, levels: Levels, ref_ts: int) -> dict[str, dict[str, float]]:
         """Every counter's value in every window at ``ref_ts``: ``{counter: {window: n}}``."""
         out: dict[str, dict[str, float]] = {}
