@@ -1,6 +1,7 @@
 """The ``engage`` command-line program.
 
-Sub-commands: ``run``, ``demo``, ``profile``, ``rules validate``, ``replay``, ``bench``. Each exits non-zero
+Sub-commands: ``run``, ``demo``, ``profile``, ``forget``, ``rules validate`` (also
+``tags validate``), ``replay``, ``bench``. Each exits non-zero
 with a one-line reason on bad input or configuration.
 """
 
@@ -97,6 +98,21 @@ def cmd_rules_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_forget(args: argparse.Namespace) -> int:
+    """Erase a customer and their linked devices everywhere; records that it happened."""
+    from engage.forget import forget  # noqa: PLC0415
+
+    try:
+        record = forget(_settings(args), args.user_id)
+    except ValueError as exc:
+        print(f"engage forget: {exc}", file=sys.stderr)
+        return 2
+    print(f"erased: {record['keys_removed']} key(s) removed now; request {record['request_id']} "
+          "sent to the engine (it drops what it holds and ignores the customer's events from "
+          "now on); recorded in engage:erasures")
+    return 0
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     """Run the engine over a JSON-lines file of events and print what it would do; sends nothing."""
     from engage.replay import main as replay_main  # noqa: PLC0415
@@ -150,6 +166,19 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("paths", nargs="*", metavar="PATH",
                           help="rule files or directories (default: the shipped catalog)")
     validate.set_defaults(func=cmd_rules_validate)
+
+    tags = sub.add_parser("tags", help="work with tag definitions (they live in rule files)")
+    tags_sub = tags.add_subparsers(dest="tags_command", required=True)
+    tags_validate = tags_sub.add_parser("validate", help=cmd_rules_validate.__doc__)
+    tags_validate.add_argument("paths", nargs="*", metavar="PATH",
+                               help="rule/tag files or directories (default: the shipped catalog)")
+    tags_validate.set_defaults(func=cmd_rules_validate)
+
+    forget = sub.add_parser("forget", help=cmd_forget.__doc__)
+    forget.add_argument("user_id", help="the customer id")
+    forget.add_argument("--redis-url", dest="redis_url")
+    forget.add_argument("--kafka-bootstrap", dest="kafka_bootstrap")
+    forget.set_defaults(func=cmd_forget)
 
     replay = sub.add_parser("replay", help=cmd_replay.__doc__)
     replay.add_argument("--events", required=True, metavar="FILE",

@@ -22,7 +22,7 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from confluent_kafka.admin import AdminClient
 
 from engage.config import Settings
-from engage.connectors.kafka import (ALL_TOPICS, EVENTS_TOPIC, STOP_READING, EventSource,
+from engage.connectors.kafka import (ALL_TOPICS, CONTROL_TOPIC, EVENTS_TOPIC, STOP_READING, EventSource,
                                      KafkaTopicsSink, client_config, ensure_topics)
 from engage.connectors.redis_ledger import RedisLedger
 from engage.connectors.redis_store import RedisStateSink, connect, has_state, make_loader
@@ -94,7 +94,10 @@ def engine_flow(settings: Settings, stop_at_end: bool = False, from_end: bool = 
                       KafkaTopicsSink(settings.kafka_bootstrap, settings.kafka_config),
                       lineage=line, bootstrap=bootstrap, finish_on_eof=stop_at_end,
                       rules=None if settings.backfill else book,
-                      contact=ContactPolicy(lambda: RedisLedger(url, ttl)), tags=book)
+                      contact=ContactPolicy(lambda: RedisLedger(url, ttl)), tags=book,
+                      control=EventSource(settings.kafka_bootstrap, topic=CONTROL_TOPIC,
+                                          batch_size=100, stop_at_end=stop_at_end,
+                                          extra=settings.kafka_config, from_end=from_end))
     return flow
 
 

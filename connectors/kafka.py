@@ -29,7 +29,9 @@ ACTIONS_TOPIC = "engage.actions"
 DLQ_TOPIC = "engage.dlq"
 AUDIT_TOPIC = "engage.audit"
 PROFILE_TOPIC = "engage.profile_changes"
-ALL_TOPICS = (EVENTS_TOPIC, ACTIONS_TOPIC, DLQ_TOPIC, AUDIT_TOPIC, PROFILE_TOPIC)
+#: Requests to the running engine (``engage forget``); internal, not part of the contract.
+CONTROL_TOPIC = "engage.control"
+ALL_TOPICS = (EVENTS_TOPIC, ACTIONS_TOPIC, DLQ_TOPIC, AUDIT_TOPIC, PROFILE_TOPIC, CONTROL_TOPIC)
 
 #: How long a partition with nothing buffered waits before it is polled again.
 IDLE_POLL = timedelta(milliseconds=5)

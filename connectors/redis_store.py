@@ -21,29 +21,53 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from engage.monitoring import metrics
 from engage.operators.records import StateWrites
 from engage.events import anon_key
-from engage.state.keys import CLOCK_KEY, STATE_PATTERN, link_key, state_key
+from engage.state.keys import (CLOCK_KEY, MEMBERS_INDEX, STATE_PATTERN, link_key, members_key,
+                               state_key)
 
 log = logging.getLogger(__name__)
 
-# KEYS: keys to set, then keys to delete, then the clock key.
-# ARGV: ttl seconds, number of sets, clock value (0 = none), then the values.
+# KEYS: keys to set, then keys to delete, then the clock key, then the membership index.
+# ARGV: ttl seconds, number of sets, clock value (0 = none), number of membership
+# updates, then the values to set, then (customer, memberships) pairs.
 _WRITE_BATCH = """
 local ttl = tonumber(ARGV[1])
 local nset = tonumber(ARGV[2])
 local clock = tonumber(ARGV[3])
-local nkeys = #KEYS - 1
+local nmem = tonumber(ARGV[4])
+local nkeys = #KEYS - 2
 for i = 1, nset do
-  redis.call('SET', KEYS[i], ARGV[i + 3], 'EX', ttl)
+  redis.call('SET', KEYS[i], ARGV[i + 4], 'EX', ttl)
 end
 for i = nset + 1, nkeys do
   redis.call('DEL', KEYS[i])
 end
 if clock > 0 then
-  local current = tonumber(redis.call('GET', KEYS[#KEYS]) or '0')
-  if clock > current then redis.call('SET', KEYS[#KEYS], ARGV[3]) end
+  local current = tonumber(redis.call('GET', KEYS[#KEYS - 1]) or '0')
+  if clock > current then redis.call('SET', KEYS[#KEYS - 1], ARGV[3]) end
+end
+-- Membership sets follow each customer's latest list: the index remembers
+-- the previous one, so replays and restarts converge instead of drifting.
+local index = KEYS[#KEYS]
+local at = 4 + nset
+for j = 0, nmem - 1 do
+  local customer = ARGV[at + 2 * j + 1]
+  local now = ARGV[at + 2 * j + 2]
+  local old = redis.call('HGET', index, customer) or ''
+  if old ~= now then
+    local was, is = {}, {}
+    for m in string.gmatch(old, '[^\\31]+') do was[m] = true end
+    for m in string.gmatch(now, '[^\\31]+') do
+      is[m] = true
+      if not was[m] then redis.call('SADD', 'MEMBERS{' .. m .. '}', customer) end
+    end
+    for m in pairs(was) do
+      if not is[m] then redis.call('SREM', 'MEMBERS{' .. m .. '}', customer) end
+    end
+    if now == '' then redis.call('HDEL', index, customer) else redis.call('HSET', index, customer, now) end
+  end
 end
 return nset
-"""
+""".replace("MEMBERS{", members_key("")[:-1])
 
 RETRY_BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 
@@ -107,18 +131,23 @@ class _StatePartition(StatelessSinkPartition[Any]):
         self._wait_idle()
         # Last write wins within a batch (a state set, then deleted on expiry).
         latest: dict[str, bytes | None] = {}
+        members: dict[str, str] = {}
         clock = 0
         for item in items:
             latest.update(item.writes)
+            if item.members:
+                members.update(item.members)
             if item.watermark > clock:
                 clock = item.watermark
-        if not latest and not clock:
+        if not latest and not clock and not members:
             return
         sets = [(k, v) for k, v in latest.items() if v is not None]
         dels = [k for k, v in latest.items() if v is None]
-        keys = [k for k, _ in sets] + dels + [CLOCK_KEY]
-        args: list[Any] = [self.ttl, len(sets), clock]
+        keys = [k for k, _ in sets] + dels + [CLOCK_KEY, MEMBERS_INDEX]
+        args: list[Any] = [self.ttl, len(sets), clock, len(members)]
         args.extend(v for _, v in sets)
+        for customer, now_in in members.items():
+            args.extend((customer, now_in))
         self.idle.clear()
         self.queue.put((keys, args, len(sets), len(dels)))
 

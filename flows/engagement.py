@@ -31,7 +31,7 @@ from bytewax.outputs import Sink
 from engage.config import Settings
 from engage.connectors.kafka import DLQ_TOPIC
 from engage.operators.contact import ContactPolicy
-from engage.operators.ingest import IngestSource, Now
+from engage.operators.ingest import ControlSource, IngestSource, Now
 from engage.operators.parse import DeadLetter
 from engage.operators.records import Emit, RawRecord, StateWrites
 from engage.operators.routing import Router
@@ -59,7 +59,8 @@ def build_flow(settings: Settings, source: FixedPartitionedSource[RawRecord, Any
                bootstrap: Bootstrap | None = None, live: bool = True,
                finish_on_eof: bool = True, now: Now = time.time,
                rules: Any = None, contact: ContactPolicy | None = None,
-               tags: Any = None) -> Dataflow:
+               tags: Any = None,
+               control: FixedPartitionedSource[RawRecord, Any] | None = None) -> Dataflow:
     """Wire the engine's steps between the given connectors.
 
     ``source`` yields raw ``(partition, offset, key, value)`` records.
@@ -67,6 +68,7 @@ def build_flow(settings: Settings, source: FixedPartitionedSource[RawRecord, Any
     ``tags`` then names the book whose tag definitions the profile keeps);
     ``contact`` checks decisions against the contact ledger before they go
     out (by default an in-memory ledger: replays and pure-logic tests).
+    ``control``: raw records of the control topic (erasure requests).
     ``finish_on_eof``: when the input ends, event time moves to the last
     event and timers due by then fire (bounded runs, replays). A live engine
     that stops on a signal must not: its input has not ended, it paused.
@@ -97,6 +99,10 @@ def build_flow(settings: Settings, source: FixedPartitionedSource[RawRecord, Any
     ingested = op.input("read_events", flow, IngestSource(
         source, shard_cfg.lateness_ms, settings.ms("max_future_skew"), now))
     dead_letters = op.flat_map_batch("dead_letters", ingested, dead_letter_messages)
+    if control is not None:
+        # Erasure requests travel the same routes as events (see Router).
+        ingested = op.merge("with_control", ingested,
+                            op.input("read_control", flow, ControlSource(control)))
 
     identity = op.stateful_batch(
         "identity", op.flat_map_batch("route_to_identity", ingested, router.to_identity),

@@ -49,6 +49,8 @@ RULE_EVAL_ERRORS = Counter("engage_rule_eval_errors_total",
 RULE_RELOADS = Counter("engage_rule_reloads_total",
                        "Rule file reloads, by outcome (ok, refused).", ["outcome"])
 RULES_LOADED = Gauge("engage_rules_loaded", "Rules currently in force.")
+ERASURES = Counter("engage_erasures_total",
+                   "Erasure requests (engage forget) carried out, by step.", ["step"])
 PROFILE_CHANGES = Counter("engage_profile_changes_total",
                           "Profile changes published (stage, tier, segment, tags), by kind.",
                           ["kind"])

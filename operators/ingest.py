@@ -10,20 +10,23 @@ with its offset, so a restart judges every replayed event exactly as before.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from datetime import datetime
 from typing import Any, Callable
 
+import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from engage.events import Event
 from engage.monitoring import metrics
 from engage.operators.event_time import NO_WATERMARK, PartitionClock
 from engage.operators.parse import DeadLetter, parse
-from engage.operators.records import RawRecord
+from engage.operators.records import Forget, RawRecord
 
 Now = Callable[[], float]
+log = logging.getLogger(__name__)
 
 
 class _IngestPartition(StatefulSourcePartition[Any, Any]):
@@ -83,3 +86,50 @@ class IngestSource(FixedPartitionedSource[Any, Any]):
         inner = self.inner.build_part(step_id, for_part, inner_state)
         return _IngestPartition(inner, PartitionClock(partition, self.lateness_ms, max_ts),
                                 self.max_future_ms, self.now)
+
+
+def parse_control(value: bytes | None) -> Forget | None:
+    """A control message, or None (logged) when it is not one we know.
+
+    >>> parse_control(b'{"forget": "c-1", "request_id": "r-1"}')
+    Forget(customer='c-1', request_id='r-1')
+    """
+    try:
+        doc = orjson.loads(value or b"")
+    except orjson.JSONDecodeError:
+        doc = None
+    if isinstance(doc, dict) and isinstance(doc.get("forget"), str) and doc["forget"] \
+            and isinstance(doc.get("request_id"), str):
+        return Forget(doc["forget"], doc["request_id"])
+    log.warning("ignored a control message that is not a forget request: %r", (value or b"")[:200])
+    return None
+
+
+class _ControlPartition(StatefulSourcePartition[Any, Any]):
+    def __init__(self, inner: StatefulSourcePartition[RawRecord, Any]) -> None:
+        self.inner = inner
+
+    def next_batch(self) -> list[Any]:
+        return [f for f in (parse_control(r[3]) for r in self.inner.next_batch()) if f is not None]
+
+    def next_awake(self) -> datetime | None:
+        return self.inner.next_awake()
+
+    def snapshot(self) -> Any:
+        return self.inner.snapshot()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class ControlSource(FixedPartitionedSource[Any, Any]):
+    """:class:`~engage.operators.records.Forget` requests from raw control records."""
+
+    def __init__(self, inner: FixedPartitionedSource[RawRecord, Any]) -> None:
+        self.inner = inner
+
+    def list_parts(self) -> list[str]:
+        return self.inner.list_parts()
+
+    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _ControlPartition:
+        return _ControlPartition(self.inner.build_part(step_id, for_part, resume_state))

@@ -44,6 +44,8 @@ class StateWrites(NamedTuple):
 
     writes: dict[str, bytes | None]
     watermark: int
+    #: Customer -> every set it now belongs to (state.profile.memberships; "" for none).
+    members: dict[str, str] | None = None
 
 
 class Emit(NamedTuple):
@@ -71,3 +73,16 @@ class Decision(NamedTuple):
     retried: bool = False      # already waited once after losing an arbitration
     trigger_ts: int = 0
     anchor: str = ""
+
+
+class Forget(NamedTuple):
+    """A request to erase a customer (``engage forget``), read from the control topic.
+
+    Broadcast to every identity shard (devices linked to the customer live
+    anywhere) and sent to the customer's shard. ``request_id`` names the
+    request in logs and in the erasure record; it carries nothing of the
+    customer.
+    """
+
+    customer: str
+    request_id: str

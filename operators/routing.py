@@ -11,7 +11,7 @@ import zlib
 from typing import Any
 
 from engage.events import Event
-from engage.operators.records import Merge, Tick
+from engage.operators.records import Forget, Merge, Tick
 
 LINKING_TYPES = frozenset({"login", "register"})
 
@@ -83,6 +83,9 @@ class Router:
             elif kind is Tick:
                 for i, k in enumerate(self.identity_keys):
                     _bundle(bundles, k).append(x._replace(via=i))
+            elif kind is Forget:
+                for k in self.identity_keys:
+                    _bundle(bundles, k).append(x)
         return list(bundles.items())
 
     def to_customers(self, items: list[Any]) -> Bundles:
@@ -92,6 +95,8 @@ class Router:
         for x in items:
             if type(x) is Event and not needs_identity(x):
                 _bundle(bundles, shard_of(x.user_id or "", n)).append(x)
+            elif type(x) is Forget:
+                _bundle(bundles, shard_of(x.customer, n)).append(x)
         return list(bundles.items())
 
     def identity_sources(self, partitions: list[int]) -> tuple[tuple[int, int], ...]:

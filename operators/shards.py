@@ -21,6 +21,7 @@ The shards are plain classes, compiled with mypyc (setup.py);
 from __future__ import annotations
 
 import heapq
+import logging
 import pickle
 import time
 from dataclasses import dataclass
@@ -32,10 +33,12 @@ from engage.events import Event, anon_key
 from engage.monitoring import metrics
 from engage.operators.event_time import NO_WATERMARK, Watermark
 from engage.rules.decide import mark
-from engage.operators.records import Emit, Merge, StateWrites, Tick
+from engage.operators.records import Emit, Forget, Merge, StateWrites, Tick
 from engage.state.customer import CustomerState, StateConfig
-from engage.state.keys import base_key, link_key, state_key
+from engage.state.keys import base_key, contact_keys, id_digest, link_key, state_key
+from engage.state.profile import memberships
 
+log = logging.getLogger(__name__)
 CLOCK_STEP_MS = 60_000
 #: Timer kind of the profile's own timer (the rule runner's kinds are single letters too).
 PROFILE_TIMER = "p"
@@ -118,6 +121,8 @@ class _Shard:
     """Shared machinery: hot states, watermark, expiry, batched writes, snapshots."""
 
     step = "shard"
+    #: Whether this shard's keys belong to membership sets (customers do, devices not).
+    keeps_members = False
 
     def __init__(self, cfg: ShardConfig, resume: bytes | None,
                  bootstrap: Bootstrap | None = None) -> None:
@@ -137,10 +142,18 @@ class _Shard:
         # to pass them, so that they are applied in event-time order.
         self.held: list[tuple[int, int, int, int, Any]] = []
         self.arrivals = 0
+        # Erased customers and devices, as digests (never the ids): their
+        # later events, replays included, are dropped.
+        self.forgotten: set[str] = set()
         self.bases: dict[str, bytes] = {}   # bootstrap copies still to write once
         self.last_clock = self.watermark.value
         self.dirty: set[str] = set()
         self.writes: dict[str, bytes | None] = {}   # this batch's Redis writes
+        self.members: dict[str, str] = {}           # this batch's membership changes
+        # What was last sent per customer. Not snapshotted: after a restart
+        # everything touched is sent again, and the sets converge (the Redis
+        # side diffs against its own index).
+        self.members_sent: dict[str, str] = {}
         # Not 0.0: the monotonic clock starts near zero on a freshly booted
         # machine, and the first batch must flush whatever the uptime.
         self.flushed_at = float("-inf")
@@ -161,6 +174,7 @@ class _Shard:
         self.bases = snap["bases"]
         self.held = snap["held"]
         self.arrivals = snap["arrivals"]
+        self.forgotten = snap.get("forgotten", set())
         self.last_clock = self.watermark.value
 
     def _snapshot_dict(self) -> dict[str, Any]:
@@ -180,7 +194,17 @@ class _Shard:
         self.changed.clear()
         return {"frozen": self.frozen, "watermark": self.watermark, "expiry": self.expiry,
                 "timers": self.timers, "bases": self.bases, "written": written,
-                "held": self.held, "arrivals": self.arrivals}
+                "held": self.held, "arrivals": self.arrivals, "forgotten": self.forgotten}
+
+    def _is_forgotten(self, some_id: str | None) -> bool:
+        return bool(self.forgotten) and some_id is not None and id_digest(some_id) in self.forgotten
+
+    def _unhold(self, drop: Callable[[Any], bool]) -> None:
+        """Forget held items for which ``drop`` is true."""
+        kept = [h for h in self.held if not drop(h[4])]
+        if len(kept) != len(self.held):
+            heapq.heapify(kept)
+            self.held = kept
 
     def _hold(self, item: Any, ts: int, partition: int, offset: int) -> None:
         """Keep ``item`` until the watermark passes ``ts``; ties go by partition and offset."""
@@ -252,7 +276,14 @@ class _Shard:
         self._drop(key)
         metrics.CUSTOMERS_EXPIRED.inc()
         self.writes[state_key(key)] = None
+        self._leave_sets(key)
         return None
+
+    def _leave_sets(self, key: str) -> None:
+        """``key`` is gone: it leaves every membership set."""
+        if self.keeps_members:
+            self.members[key] = ""
+            self.members_sent.pop(key, None)
 
     def _flush(self, out: list[Any], force: bool = False) -> None:
         if self.cfg.flush_every_ms and not force:
@@ -270,8 +301,10 @@ class _Shard:
                     self.dirty.add(key)
                 else:
                     self.writes.setdefault(state_key(key), None)
+                    self._leave_sets(key)
             self.rewrite = set()
         self.changed |= self.dirty
+        members = self.members
         for key in self.dirty:
             state = self.states.get(key)
             if state is None:
@@ -282,15 +315,20 @@ class _Shard:
             base = self.bases.pop(key, None)
             if base is not None:
                 writes[base_key(key)] = base
+            if self.keeps_members:
+                now_in = memberships(state.derived)
+                if self.members_sent.get(key) != now_in:
+                    members[key] = self.members_sent[key] = now_in
         self.dirty.clear()
         # The published clock is a reading aid for `engage profile`; a minute
         # of event time is fine enough and spares a write per shard per batch.
         clock = 0
         if self.watermark.value >= self.last_clock + CLOCK_STEP_MS:
             self.last_clock = clock = self.watermark.value
-        if writes or clock:
-            out.append(StateWrites(writes, clock))
+        if writes or clock or members:
+            out.append(StateWrites(writes, clock, members or None))
             self.writes = {}
+            self.members = {}
         metrics.CUSTOMERS_HOT.labels(self.step).set(max(len(self.states), len(self.frozen)))
 
     def on_eof(self) -> tuple[Iterable[Any], bool]:
@@ -328,6 +366,7 @@ class CustomerShard(_Shard):
     """
 
     step = "customers"
+    keeps_members = True
 
     def __init__(self, cfg: ShardConfig, resume: bytes | None,
                  bootstrap: Bootstrap | None = None) -> None:
@@ -394,6 +433,8 @@ class CustomerShard(_Shard):
             elif kind is Merge:
                 # Just ahead of the login that linked the device.
                 self._hold(item, item.ts, -1, -1)
+            elif kind is Forget:
+                self._forget(item, out)
         self._advance(out)
         self._flush(out)
         metrics.PENDING_TIMERS.labels(self.step).set(len(self.timers))
@@ -413,6 +454,9 @@ class CustomerShard(_Shard):
         runner = self.runner if self.cfg.rules is not None else None
         profiler = self.profiler
         timers: list[Any] = []
+        if self.forgotten and self._is_forgotten(
+                item.user_id if type(item) is Event else item.customer):
+            return   # an erased customer: nothing of them is kept again
         if type(item) is Event:
             key = item.user_id or ""
             state = self.states.get(key) or self._state(key)
@@ -439,6 +483,21 @@ class CustomerShard(_Shard):
         self.dirty.add(key)
         for timer in timers:
             heapq.heappush(self.timers, timer)
+
+    def _forget(self, request: Forget, out: list[Any]) -> None:
+        """Erase a customer: state, pending decisions, sets, contact ledger; then ignore them."""
+        key = request.customer
+        self.forgotten.add(id_digest(key))
+        self._unhold(lambda x: (x.user_id if type(x) is Event else x.customer) == key)
+        self._drop(key)
+        self._leave_sets(key)
+        self.pending = {ref: p for ref, p in self.pending.items() if p.customer != key}
+        if self.runner is not None:
+            self.runner.pending = self.pending
+        for redis_key in (state_key(key), base_key(key), *contact_keys(key)):
+            self.writes[redis_key] = None
+        metrics.ERASURES.labels(self.step).inc()
+        log.info("erasure %s: customer dropped", request.request_id)
 
     def _profile(self, state: CustomerState, as_of: int, cause: dict[str, Any],
                  timers: list[Any], out: list[Any]) -> None:
@@ -615,6 +674,11 @@ class IdentityShard(_Shard):
                 self.shard_id = item.via
                 self.watermark.update(item._replace(via=-1))
                 ticked = True
+            elif type(item) is Forget:
+                self._forget(item)
+            elif self.forgotten and (self._is_forgotten(item.user_id)
+                                     or self._is_forgotten(item.anonymous_id)):
+                continue   # an erased customer or one of their devices
             elif item.late:
                 # Beyond the allowed lateness: time has passed it already.
                 self._handle(item, out)
@@ -694,6 +758,26 @@ class IdentityShard(_Shard):
                 # the device is linked (see RuleRunner.on_merge).
                 mark(state, item, marker.mark_horizon_ms)
             self.dirty.add(key)
+
+    def _forget(self, request: Forget) -> None:
+        """Erase a customer's devices: links, history, device state; then ignore them."""
+        customer = request.customer
+        self.forgotten.add(id_digest(customer))
+        gone = [anon for anon, d in self.devices.items() if d.linked == customer]
+        for anon in gone:
+            del self.devices[anon]
+            self.forgotten.add(id_digest(anon))
+            self.writes[link_key(anon)] = None
+            self.links_changed.add(anon)
+            self._drop(anon_key(anon))
+            self.writes[state_key(anon_key(anon))] = None
+        for device in self.devices.values():   # shared devices keep their other customers
+            if customer in device.history:
+                device.history.remove(customer)
+        dropped = set(gone)
+        self._unhold(lambda e: e.user_id == customer or e.anonymous_id in dropped)
+        metrics.ERASURES.labels(self.step).inc()
+        log.info("erasure %s: %d device(s) dropped", request.request_id, len(gone))
 
     def _prefetch_links(self, devices: set[str]) -> None:
         """Take over the links of devices this deployment has not seen yet."""

@@ -41,7 +41,7 @@ _NAME_TYPES: dict[str, frozenset[str]] = {
     "cart": CART_TYPES, "cart_items": CART_TYPES, "cart_value": CART_TYPES,
     "cart_categories": CART_TYPES,
     "region": PROFILE_TYPES, "timezone": PROFILE_TYPES, "preferred_channel": PROFILE_TYPES,
-    "birthday": PROFILE_TYPES,
+    "birthday": PROFILE_TYPES, "consent": frozenset({"consent_update"}),
 }
 #: Scores below min_score / this are forgotten: they would take three
 #: half-lives of renewed interest to matter again.
@@ -72,14 +72,16 @@ class Profiler:
         counts = {w.name for w in cfg.counts.windows}
         spends = {w.name for w in cfg.spend.windows}
         for tag in self.tags:
-            for name in tag.when.names():
+            for name in _reads(tag.when.tree):
                 if name in _NAME_TYPES:
                     types |= _NAME_TYPES[name]
                 elif name.startswith("spend_") and name[6:] in spends:
                     types |= ORDER_TYPES
                     self.spend_windows.add(name[6:])
-                elif name in ("days_since_last_visit", "stage", "segment", "tier",
-                              "churn_risk", "repurchase_30d"):
+                elif name in ("stage", "segment", "tier", "churn_risk", "repurchase_30d",
+                              "user_id"):
+                    pass   # derived in the same update, or written by the models
+                elif name == "days_since_last_visit":
                     self.every_event = True
                 else:
                     etype, _, window = name.rpartition("_")
@@ -225,6 +227,25 @@ class Profiler:
                                 key=lambda x: (-x[0], x[1]))
                 out.extend(k for _, k in ranked[:top])
         return out
+
+
+def _reads(tree: Any) -> list[str]:
+    """The customer fields a condition reads, calls written as the field they read:
+    ``count('product_view', '7d', 'sofa')`` reads ``product_view_7d``."""
+    out: list[str] = []
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if node.op == "name":
+            out.append(node.value)
+        elif node.op == "call" and node.value == "count" and len(node.args) >= 2 and all(
+                a.op == "lit" and isinstance(a.value, str) for a in node.args[:2]):
+            out.append(f"{node.args[0].value}_{node.args[1].value}")
+            continue
+        elif node.op == "call" and node.value == "consented":
+            out.append("consent")
+        stack.extend(node.args)
+    return out
 
 
 def _decayed(entry: list[float], ts: int, p: Preferences) -> float:

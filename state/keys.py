@@ -6,6 +6,8 @@ Every key of one customer carries the customer id as a Redis Cluster hash tag
 
 from __future__ import annotations
 
+import hashlib
+
 PREFIX = "engage"
 
 
@@ -51,3 +53,30 @@ def contact_keys(customer: str) -> tuple[str, str]:
     ('engage:sent:{c-1}', 'engage:sentmeta:{c-1}')
     """
     return f"{PREFIX}:sent:{{{customer}}}", f"{PREFIX}:sentmeta:{{{customer}}}"
+
+
+MEMBERS_INDEX = f"{PREFIX}:memberships"
+"""Hash: customer -> the membership sets it is in (joined by \\x1f), so a write
+can leave the sets it no longer belongs to."""
+
+
+def members_key(membership: str) -> str:
+    """The set of customers with a tag, or in a stage, tier or segment.
+
+    >>> members_key("tag:high_intent"), members_key("stage:declining")
+    ('engage:members:{tag:high_intent}', 'engage:members:{stage:declining}')
+    """
+    return f"{PREFIX}:members:{{{membership}}}"
+
+
+def id_digest(some_id: str) -> str:
+    """What is kept of an erased customer or device id: enough to recognise it, not to read it.
+
+    >>> len(id_digest("c-1001"))
+    32
+    """
+    return hashlib.sha256(("engage-erased\x1f" + some_id).encode()).hexdigest()[:32]
+
+
+ERASURES_KEY = f"{PREFIX}:erasures"
+"""List of erasure records (request id, when, how many keys): no customer data."""

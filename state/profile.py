@@ -227,3 +227,14 @@ def changes(before: dict[str, Any], after: dict[str, Any], tier_rank: dict[str, 
     for tag in sorted(set(new_tags) - set(old_tags)):
         out.append({"kind": "tag_added", "name": tag, "from": False, "to": True})
     return out
+
+
+def memberships(derived: dict[str, Any]) -> str:
+    """The membership sets a customer with this profile belongs to, as one string.
+
+    >>> memberships({"stage": ["active", 1], "tier": ["gold", 2], "tags": {"vip": 3}})
+    'stage:active\x1ftag:vip\x1ftier:gold'
+    """
+    names = [f"{view}:{derived[view][0]}" for view in ("stage", "tier", "segment") if view in derived]
+    names += [f"tag:{tag}" for tag in derived.get("tags", ())]
+    return "\x1f".join(sorted(names))

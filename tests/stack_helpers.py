@@ -59,6 +59,9 @@ def state_snapshot(client: redis.Redis) -> dict[str, Any]:
         if kind == b"hash":
             out[name] = client.hgetall(key)
             continue
+        if kind == b"set":
+            out[name] = client.smembers(key)
+            continue
         value = client.get(key)
         if name.startswith("engage:c:"):
             doc = orjson.loads(value)

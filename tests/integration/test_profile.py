@@ -15,11 +15,13 @@ from typing import Any
 import orjson
 import pytest
 
-from engage.connectors.kafka import EVENTS_TOPIC, PROFILE_TOPIC, produce_all
+from engage.connectors.kafka import ACTIONS_TOPIC, EVENTS_TOPIC, PROFILE_TOPIC, produce_all
 from engage.profile_view import build_view
 from engage.replay import replay
+from engage.rules.loader import CATALOG_DIR
 from engage.simulator.storefront import Storefront
 from engage.state.keys import state_key
+from engage.state.profile import memberships
 
 from stack_helpers import redis_client, run_engine, settings_for, topic_docs
 
@@ -115,10 +117,11 @@ def year(tmp_path_factory) -> tuple[list[tuple[bytes, bytes]], list[dict[str, An
 def test_a_year_replayed_gives_the_profile_a_brute_force_batch_computes(stack, year) -> None:
     records, docs, path = year
     produce_all(stack.bootstrap, EVENTS_TOPIC, records)
-    run_engine(stack)
+    # The shipped catalog: its tags and preferences, and the playbooks reacting to changes.
+    run_engine(stack, rules=str(CATALOG_DIR))
     at = max(d["ts"] for d in docs)
     expected = brute_force(docs, at)
-    settings = settings_for(stack)
+    settings = settings_for(stack, rules=str(CATALOG_DIR))
     r = redis_client(stack)
     stages: dict[str, int] = defaultdict(int)
     for customer, want in expected.items():
@@ -149,5 +152,19 @@ def test_a_year_replayed_gives_the_profile_a_brute_force_batch_computes(stack, y
     assert sorted(live) == sorted((c["change_id"], c["ts"], c["from"], c["to"])
                                   for c in replayed.profile_changes)
     kinds = {c["kind"] for c in replayed.profile_changes}
-    assert {"stage_entered", "tier_upgraded", "segment_entered"} <= kinds
+    assert {"stage_entered", "tier_upgraded", "segment_entered", "tag_added", "tag_removed"} <= kinds
     assert any(c.get("reactivated") for c in replayed.profile_changes)
+    # Playbooks on transitions fired from the profile's own changes.
+    fired = {a["rule_id"] for a in topic_docs(stack, ACTIONS_TOPIC)}
+    assert {"declining_30d", "lost_90d"} <= fired
+
+    # Membership sets hold exactly the customers whose profile says so.
+    members: dict[str, set[str]] = defaultdict(set)
+    for key in r.scan_iter("engage:c:{c-*"):
+        doc = orjson.loads(r.get(key))
+        for m in filter(None, memberships(doc.get("derived", {})).split("\x1f")):
+            members[m].add(doc["id"])
+    stored = {k.decode()[len("engage:members:{"):-1]: {c.decode() for c in r.smembers(k)}
+              for k in r.scan_iter("engage:members:*")}
+    assert stored == dict(members)
+    assert any(m.startswith("tag:likes:") for m in stored) and "tag:high_intent" in stored

@@ -1,0 +1,77 @@
+"""``engage forget``: erase a customer and the devices linked to them, everywhere we keep them.
+
+Two halves, because state lives in two places:
+
+1. Redis, at once: the state document and its takeover copy, the devices'
+   links and documents, the contact ledger, every membership set (via the
+   membership index). Done here, so the data is gone even while no engine runs.
+2. The running engine's memory and snapshots: a request on the control topic
+   (``engage.control``) reaches every identity shard and the customer's
+   shard, which drop what they hold, delete the keys again (in case a write
+   was in flight) and remember a digest of the ids, so that events of the
+   customer still in the topic, or replayed later, are ignored.
+
+What happened is recorded in ``engage:erasures``: the request id, when, and
+how many keys were removed; nothing of the customer.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import orjson
+import redis
+
+from engage.config import Settings
+from engage.connectors.kafka import CONTROL_TOPIC, ensure_topics, produce_all
+from engage.connectors.redis_store import connect
+from engage.events import anon_key
+from engage.rules.decide import iso
+from engage.state.keys import (ERASURES_KEY, MEMBERS_INDEX, base_key, contact_keys, link_key,
+                               members_key, state_key)
+
+# KEYS: the keys to delete, then the membership index. ARGV: the customer.
+_ERASE = """
+local n = 0
+for i = 1, #KEYS - 1 do n = n + redis.call('DEL', KEYS[i]) end
+local index = KEYS[#KEYS]
+local was = redis.call('HGET', index, ARGV[1])
+if was then
+  for m in string.gmatch(was, '[^\\31]+') do
+    n = n + redis.call('SREM', 'MEMBERS{' .. m .. '}', ARGV[1])
+  end
+  redis.call('HDEL', index, ARGV[1])
+end
+return n
+""".replace("MEMBERS{", members_key("")[:-1])
+
+
+def customer_keys(client: redis.Redis, customer: str) -> list[str]:
+    """Every Redis key holding something of ``customer`` or of a device linked to them."""
+    keys = [state_key(customer), base_key(customer), *contact_keys(customer)]
+    raw = client.get(state_key(customer))
+    devices = orjson.loads(raw).get("anon_ids", []) if raw is not None else []
+    for device in devices:
+        keys += [link_key(device), state_key(anon_key(device)), base_key(anon_key(device))]
+    return keys
+
+
+def forget(settings: Settings, customer: str, now: float | None = None) -> dict[str, Any]:
+    """Erase ``customer``; returns the erasure record (what ``engage:erasures`` keeps)."""
+    if not settings.kafka_bootstrap or not settings.redis_url:
+        raise ValueError("ENGAGE_KAFKA_BOOTSTRAP and ENGAGE_REDIS_URL must be set: the request "
+                         "goes to the running engine and the keys are removed from Redis")
+    request_id = "erase-" + uuid.uuid4().hex[:16]
+    # The engine first: should Redis fail next, the engine still erases.
+    ensure_topics(settings.kafka_bootstrap, {CONTROL_TOPIC: 1}, settings.kafka_config)
+    produce_all(settings.kafka_bootstrap, CONTROL_TOPIC, [(
+        None, orjson.dumps({"forget": customer, "request_id": request_id}))], settings.kafka_config)
+    client = connect(settings.redis_url)
+    keys = customer_keys(client, customer)
+    removed = int(client.eval(_ERASE, len(keys) + 1, *keys, MEMBERS_INDEX, customer))
+    record = {"request_id": request_id, "at": iso(int((now or time.time()) * 1000)),
+              "keys_removed": removed}
+    client.rpush(ERASURES_KEY, orjson.dumps(record))
+    return record
