@@ -160,19 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--redis-url", dest="redis_url")
     profile.set_defaults(func=cmd_profile)
 
-    rules = sub.add_parser("rules", help="work with rule files")
-    rules_sub = rules.add_subparsers(dest="rules_command", required=True)
-    validate = rules_sub.add_parser("validate", help=cmd_rules_validate.__doc__)
-    validate.add_argument("paths", nargs="*", metavar="PATH",
-                          help="rule files or directories (default: the shipped catalog)")
-    validate.set_defaults(func=cmd_rules_validate)
-
-    tags = sub.add_parser("tags", help="work with tag definitions (they live in rule files)")
-    tags_sub = tags.add_subparsers(dest="tags_command", required=True)
-    tags_validate = tags_sub.add_parser("validate", help=cmd_rules_validate.__doc__)
-    tags_validate.add_argument("paths", nargs="*", metavar="PATH",
-                               help="rule/tag files or directories (default: the shipped catalog)")
-    tags_validate.set_defaults(func=cmd_rules_validate)
+    # Tag definitions live in the same files as rules: one validator serves both names.
+    for name, what in (("rules", "rule files"), ("tags", "tag definitions (in rule files)")):
+        group = sub.add_parser(name, help=f"work with {what}")
+        group_sub = group.add_subparsers(dest=f"{name}_command", required=True)
+        validate = group_sub.add_parser("validate", help=cmd_rules_validate.__doc__)
+        validate.add_argument("paths", nargs="*", metavar="PATH",
+                              help="rule files or directories (default: the shipped catalog)")
+        validate.set_defaults(func=cmd_rules_validate)
 
     forget = sub.add_parser("forget", help=cmd_forget.__doc__)
     forget.add_argument("user_id", help="the customer id")

@@ -724,48 +724,39 @@ def load_files(files: list[Path], cfg: StateConfig) -> list[FileResult]:
     return out
 
 
+def _unique(what: str, items: list[Any], errors: list[RuleError]) -> list[Any]:
+    """``items`` (rules or tags) without the ones whose id came before, each reported."""
+    first: dict[str, str] = {}
+    kept = []
+    for item in items:
+        if item.id in first:
+            file, line = item.source.rsplit(":", 1)
+            errors.append(RuleError(file, int(line), f"duplicate {what} id {item.id!r} "
+                                                     f"(first defined at {first[item.id]})"))
+            continue
+        first[item.id] = item.source
+        kept.append(item)
+    return kept
+
+
+def _single(section: str, found: list[tuple[str, Any]], errors: list[RuleError]) -> Any:
+    """The one file's ``section`` (a second one is an error), or None."""
+    present = [(file, value) for file, value in found if value is not None]
+    for file, _ in present[1:]:
+        errors.append(RuleError(file, 1, f"a second '{section}:' (the first is in "
+                                         f"{present[0][0]}); keep one"))
+    return present[0][1] if present else None
+
+
 def combine(results: list[FileResult]) -> tuple[RuleSet, list[RuleError]]:
     """The rule set of the accepted files, and the errors that span files."""
     errors: list[RuleError] = []
-    rules: list[Rule] = []
-    tags: list[TagDef] = []
-    first: dict[str, str] = {}
-    first_tag: dict[str, str] = {}
-    policy: Policy | None = None
-    policy_from = ""
-    preferences: Preferences | None = None
-    preferences_from = ""
-    for res in results:
-        if res.errors:
-            continue
-        for rule in res.rules:
-            if rule.id in first:
-                file, line = rule.source.rsplit(":", 1)
-                errors.append(RuleError(file, int(line), f"duplicate rule id {rule.id!r} "
-                                                         f"(first defined at {first[rule.id]})"))
-                continue
-            first[rule.id] = rule.source
-            rules.append(rule)
-        for tag in res.tags:
-            if tag.id in first_tag:
-                file, line = tag.source.rsplit(":", 1)
-                errors.append(RuleError(file, int(line), f"duplicate tag id {tag.id!r} "
-                                                         f"(first defined at {first_tag[tag.id]})"))
-                continue
-            first_tag[tag.id] = tag.source
-            tags.append(tag)
-        if res.policy is not None:
-            if policy is not None:
-                errors.append(RuleError(res.file, 1, f"a second 'policy:' (the first is in "
-                                                     f"{policy_from}); keep one"))
-            else:
-                policy, policy_from = res.policy, res.file
-        if res.preferences is not None:
-            if preferences is not None:
-                errors.append(RuleError(res.file, 1, f"a second 'preferences:' (the first is in "
-                                                     f"{preferences_from}); keep one"))
-            else:
-                preferences, preferences_from = res.preferences, res.file
+    accepted = [res for res in results if not res.errors]
+    rules = _unique("rule", [r for res in accepted for r in res.rules], errors)
+    tags = _unique("tag", [t for res in accepted for t in res.tags], errors)
+    policy = _single("policy", [(res.file, res.policy) for res in accepted], errors)
+    preferences = _single("preferences", [(res.file, res.preferences) for res in accepted],
+                          errors)
     return RuleSet(tuple(rules), policy or Policy(), tuple(r.file for r in results),
                    tuple(tags), preferences), errors
 
