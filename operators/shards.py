@@ -154,6 +154,7 @@ class _Shard:
         # everything touched is sent again, and the sets converge (the Redis
         # side diffs against its own index).
         self.members_sent: dict[str, str] = {}
+        self.members_dirty: set[str] = set()        # profile changed since the last flush
         # Not 0.0: the monotonic clock starts near zero on a freshly booted
         # machine, and the first batch must flush whatever the uptime.
         self.flushed_at = float("-inf")
@@ -315,11 +316,13 @@ class _Shard:
             base = self.bases.pop(key, None)
             if base is not None:
                 writes[base_key(key)] = base
-            if self.keeps_members:
+            # Only when the profile changed (or nothing was sent since start-up).
+            if self.keeps_members and (key in self.members_dirty or key not in self.members_sent):
                 now_in = memberships(state.derived)
                 if self.members_sent.get(key) != now_in:
                     members[key] = self.members_sent[key] = now_in
         self.dirty.clear()
+        self.members_dirty.clear()
         # The published clock is a reading aid for `engage profile`; a minute
         # of event time is fine enough and spares a write per shard per batch.
         clock = 0
@@ -466,10 +469,8 @@ class CustomerShard(_Shard):
             else:
                 if runner is not None and item.type in runner.relevant:
                     runner.on_event(state, item, timers, out)
-                if profiler is not None:
-                    profiler.learn(state, item)
-                    if profiler.relevant(state, item.type):
-                        self._profile(state, item.ts, {"event_id": item.event_id}, timers, out)
+                if profiler is not None and profiler.relevant(state, item.type):
+                    self._profile(state, item.ts, {"event_id": item.event_id}, timers, out, item)
         else:
             key = item.customer
             state = self._state(key)
@@ -500,21 +501,21 @@ class CustomerShard(_Shard):
         log.info("erasure %s: customer dropped", request.request_id)
 
     def _profile(self, state: CustomerState, as_of: int, cause: dict[str, Any],
-                 timers: list[Any], out: list[Any]) -> None:
+                 timers: list[Any], out: list[Any], event: Event | None = None) -> None:
         """Bring ``state``'s profile to ``as_of``: publish its changes, let rules react,
         and keep its timer armed at the next moment time alone may change it."""
         profiler = self.profiler
         runner = self.runner if self.cfg.rules is not None else None
         key = state.key
-        for change in profiler.update(state, as_of, cause):
+        changes, due = profiler.refresh(state, as_of, cause, event)
+        if changes:
+            self.members_dirty.add(key)
+        for change in changes:
             metrics.PROFILE_CHANGES.labels(change["kind"]).inc()
             out.append(Emit(self.cfg.profile_topic, key.encode(), profiler.message(key, change)))
             if runner is not None:
                 runner.on_change(state, change, timers, out)
-        due = profiler.next_due(state, as_of)
-        armed = state.derived.get("due")
-        if due is not None and (armed is None or due < armed or armed <= as_of):
-            state.derived["due"] = due
+        if due is not None:
             timers.append((due, key, PROFILE_TIMER, ""))
 
     def _advance(self, out: list[Any]) -> None:

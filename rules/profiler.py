@@ -21,11 +21,11 @@ from typing import Any
 
 import orjson
 
-from engage.events import Event
+from engage.events import EVENT_TYPES, Event
 from engage.rules.context import Context
 from engage.rules.decide import iso
 from engage.rules.expr import EvalError
-from engage.rules.model import Preferences, RuleSet
+from engage.rules.model import Preferences, RuleSet, TagDef
 from engage.state.customer import CustomerState, StateConfig
 from engage.state.profile import DORMANT, Facts, ProfileConfig, changes, derive, next_change
 
@@ -43,9 +43,8 @@ _NAME_TYPES: dict[str, frozenset[str]] = {
     "region": PROFILE_TYPES, "timezone": PROFILE_TYPES, "preferred_channel": PROFILE_TYPES,
     "birthday": PROFILE_TYPES, "consent": frozenset({"consent_update"}),
 }
-#: Scores below min_score / this are forgotten: they would take three
-#: half-lives of renewed interest to matter again.
-_FORGET_BELOW = 8.0
+#: Preference scores are kept as they would stand at this event time (2020-01-01).
+DECAY_EPOCH = 1_577_836_800_000
 
 
 def change_id(customer: str, kind: str, name: str, ts: int) -> str:
@@ -65,73 +64,107 @@ class Profiler:
         self.prefs: Preferences | None = rules.preferences
         self.rank = {t.name: i for i, t in enumerate(pcfg.tiers)}
         self.weights = dict(self.prefs.weights) if self.prefs else {}
-        types: set[str] = set(ORDER_TYPES) | set(self.weights)
-        self.every_event = False
+        counts = {w.name: w for w in cfg.counts.windows}
+        spends = {w.name for w in cfg.spend.windows}
         self.count_windows: set[str] = set()
         self.spend_windows: set[str] = {pcfg.rfm_window}
-        counts = {w.name for w in cfg.counts.windows}
-        spends = {w.name for w in cfg.spend.windows}
+        #: Tags to evaluate again after an event of a type; tags on every event.
+        self.tags_after: dict[str, list[TagDef]] = {}
+        self.tags_always: list[TagDef] = []
+        #: Tags reading the stage, tier or segment: evaluated when one changes.
+        self.tags_on_views: list[TagDef] = []
         for tag in self.tags:
+            types: set[str] = set()
+            always = views = False
             for name in _reads(tag.when.tree):
                 if name in _NAME_TYPES:
                     types |= _NAME_TYPES[name]
                 elif name.startswith("spend_") and name[6:] in spends:
                     types |= ORDER_TYPES
                     self.spend_windows.add(name[6:])
-                elif name in ("stage", "segment", "tier", "churn_risk", "repurchase_30d",
-                              "user_id"):
-                    pass   # derived in the same update, or written by the models
-                elif name == "days_since_last_visit":
-                    self.every_event = True
+                elif name in ("stage", "segment", "tier"):
+                    views = True
+                elif name in ("churn_risk", "repurchase_30d", "user_id"):
+                    pass   # written by the models (they refresh the profile), or constant
                 else:
                     etype, _, window = name.rpartition("_")
                     if etype and window in counts:
                         types.add(etype)
                         self.count_windows.add(window)
                     else:
-                        self.every_event = True   # a function call or a name we cannot place
-        #: Event types after which the profile may change (others only move the
-        #: last visit, which matters to a dormant customer: see :meth:`relevant`).
-        self.types = frozenset(types)
+                        always = True   # days_since_last_visit, or a name we cannot place
+            if always:
+                self.tags_always.append(tag)
+            for etype in types:
+                self.tags_after.setdefault(etype, []).append(tag)
+            if views:
+                self.tags_on_views.append(tag)
+        #: Event types after which the profile may change without time passing
+        #: (others only move the last visit, which matters to a dormant customer).
+        self.types = frozenset(set(ORDER_TYPES) | set(self.weights) | set(self.tags_after)
+                               | (set(EVENT_TYPES) if self.tags_always else set()))
+        self._exits = [(counts[w].granularity_ms, counts[w].buckets) for w in self.count_windows]
+        p = self.prefs
+        self._kinds = (("likes:", p.top_categories), ("style:", p.top_styles),
+                       ("price:", 1)) if p is not None else ()
+        self._room = sum(top + 2 for _, top in self._kinds)
 
     # ------------------------------------------------------------------ events
     def relevant(self, state: CustomerState, etype: str) -> bool:
         """Whether an event of ``etype`` may change ``state``'s profile."""
-        if self.every_event or etype in self.types:
+        if etype in self.types:
             return True
         stage = state.derived.get("stage")
         return stage is None or stage[0] in DORMANT
 
-    def learn(self, state: CustomerState, e: Event) -> None:
-        """Add a viewed, carted or bought item to the customer's preference scores."""
+    def learn(self, state: CustomerState, e: Event) -> set[str]:
+        """Add a viewed, carted or bought item to the customer's preference scores;
+        returns the keys it raised.
+
+        Forward decay, in the log domain: a key stores ``log2`` of its score as
+        it would stand at the fixed :data:`DECAY_EPOCH`, so an event adds to
+        the keys it touches and never has to age the others; all scores fade
+        alike, so they compare as stored, and the score at ``t`` is
+        ``2 ** (stored - (t - epoch) / half_life)``.
+        """
         p = self.prefs
-        if p is None or e.late:
-            return
         weight = self.weights.get(e.type)
-        if weight is None:
-            return
+        if p is None or weight is None or e.late or weight <= 0:
+            return set()
         items = e.props.get("items") if e.type == "order_paid" else [e.props]
         if not isinstance(items, list):
-            return
-        scores: dict[str, list[float]] = state.derived.setdefault("prefs", {})
+            return set()
+        touched: set[str] = set()
         for item in items:
             if not isinstance(item, dict):
                 continue
-            keys = []
             if isinstance(item.get("category"), str):
-                keys.append("likes:" + item["category"])
+                touched.add("likes:" + item["category"])
             if isinstance(item.get("style"), str):
-                keys.append("style:" + item["style"])
+                touched.add("style:" + item["style"])
             price = item.get("price")
             if isinstance(price, (int, float)) and not isinstance(price, bool):
-                keys.append("price:" + _band(float(price), p))
-            for key in keys:
-                entry = scores.get(key)
-                value = weight if entry is None else _decayed(entry, e.ts, p) + weight
-                scores[key] = [round(value, 4), e.ts]
-        floor = p.min_score / _FORGET_BELOW
-        for key in [k for k, v in scores.items() if _decayed(v, e.ts, p) < floor]:
-            del scores[key]
+                touched.add("price:" + _band(float(price), p))
+        if not touched:
+            return touched
+        scores: dict[str, float] = state.derived.setdefault("prefs", {})
+        added = math.log2(weight) + (e.ts - DECAY_EPOCH) / p.half_life_ms
+        for key in touched:
+            old = scores.get(key)
+            if old is None:
+                scores[key] = round(added, 4)
+            else:
+                high, low = (old, added) if old > added else (added, old)
+                scores[key] = round(high + math.log2(1.0 + 2.0 ** (low - high)), 4)
+        # Room for the tags and a few contenders per kind; the rest would take
+        # half-lives of renewed interest to matter.
+        if len(scores) > self._room:
+            for prefix, top in self._kinds:
+                mine = sorted(((v, k) for k, v in scores.items() if k.startswith(prefix)),
+                              key=lambda x: (-x[0], x[1]))
+                for _, k in mine[top + 2:]:
+                    del scores[k]
+        return touched
 
     # ------------------------------------------------------------------ profile
     def facts(self, state: CustomerState, as_of: int) -> Facts:
@@ -140,35 +173,65 @@ class Profiler:
         return Facts(as_of, state.max_ts, state.orders, state.first_order_ts,
                      state.last_order_ts, orders, spend)
 
-    def update(self, state: CustomerState, as_of: int, cause: dict[str, Any]) -> list[dict[str, Any]]:
-        """Derive the profile at ``as_of``, store it, and return the changes (with ids)."""
-        f = self.facts(state, as_of)
-        view = derive(f, self.pcfg)
+    def refresh(self, state: CustomerState, as_of: int, cause: dict[str, Any],
+                event: Event | None = None) -> tuple[list[dict[str, Any]], int | None]:
+        """Bring the profile to ``as_of``; returns the changes, and a time to arm the
+        profile's timer at (None: the one armed still holds).
+
+        ``event``: the event just applied that prompted it (None: time, or a
+        merge), so that only what that event can change is derived again.
+        """
+        etype = event.type if event is not None else None
+        touched = self.learn(state, event) if event is not None else set()
         d = state.derived
         before: dict[str, Any] = {k: (d[k][0] if k in d else None) for k in _TRACKED}
         before["tags"] = d.get("tags", {})
-        for key in _TRACKED:
-            if view[key] is None:
-                d.pop(key, None)
-            elif before[key] != view[key]:
-                d[key] = [view[key], as_of]
-        if view["rfm"] is None:
-            d.pop("rfm", None)
-        else:
-            d["rfm"] = view["rfm"]
-        tags = self._tags(state, as_of)
+        full = etype is None or etype in ORDER_TYPES or before["stage"] is None \
+            or before["stage"] in DORMANT
+        views_changed = False
+        if full:
+            view = derive(self.facts(state, as_of), self.pcfg)
+            for key in _TRACKED:
+                if view[key] is None:
+                    d.pop(key, None)
+                elif before[key] != view[key]:
+                    d[key] = [view[key], as_of]
+                    views_changed = True
+            if view["rfm"] is None:
+                d.pop("rfm", None)
+            else:
+                d["rfm"] = view["rfm"]
+        tags = self._tags(state, as_of, etype if not (full and views_changed) else None,
+                          views_changed, touched)
         old_tags: dict[str, int] = before["tags"]
-        d["tags"] = {t: old_tags.get(t, as_of) for t in tags}
-        if not d["tags"]:
-            del d["tags"]
-        after: dict[str, Any] = {k: view[k] for k in _TRACKED}
-        after["tags"] = d.get("tags", {})
-        out = changes(before, after, self.rank)
+        tags_changed = tags != old_tags.keys()
+        if tags_changed:
+            d["tags"] = {t: old_tags.get(t, as_of) for t in sorted(tags)}
+            if not d["tags"]:
+                del d["tags"]
+        out: list[dict[str, Any]] = []
+        if views_changed or tags_changed:
+            after: dict[str, Any] = {k: (d[k][0] if k in d else None) for k in _TRACKED}
+            after["tags"] = d.get("tags", {})
+            out = changes(before, after, self.rank)
         for change in out:
             change["ts"] = as_of
             change["cause"] = cause
             change["change_id"] = change_id(state.key, change["kind"], str(change["name"]), as_of)
-        return out
+        armed = d.get("due")
+        if full or armed is None or armed <= as_of:
+            # Exact: supersedes whatever was armed.
+            due = self.next_due(state, as_of)
+            if due == armed:
+                due = None
+        else:
+            assert etype is not None
+            due = self._due_after_event(state, as_of, etype)
+            if due is not None and due >= armed:
+                due = None
+        if due is not None:
+            d["due"] = due
+        return out, due
 
     def message(self, customer: str, change: dict[str, Any]) -> bytes:
         """The change as published on ``engage.profile_changes`` (contract-style JSON)."""
@@ -194,39 +257,79 @@ class Profiler:
             exit_at = self.cfg.counts.next_exit(state.counts, window, as_of)
             if exit_at is not None:
                 candidates.append(exit_at)
-        p = self.prefs
-        if p is not None:
-            for tag in state.derived.get("tags", {}):
-                entry = state.derived.get("prefs", {}).get(tag)
-                if entry is not None and entry[0] > 0:
-                    # When the decayed score falls below the minimum.
-                    fades = entry[1] + int(p.half_life_ms * math.log2(entry[0] / p.min_score)) + 1
-                    candidates.append(fades)
+        candidates += self._fades(state)
         later = [t for t in candidates if t > as_of]
         return min(later) if later else None
 
-    def _tags(self, state: CustomerState, as_of: int) -> list[str]:
-        """The tags that hold at ``as_of``: defined ones, then preferences."""
-        out: list[str] = []
-        if self.tags:
-            ctx = Context(state, self.cfg, as_of)
-            for tag in self.tags:
-                try:
-                    if tag.when.evaluate(ctx.get):
-                        out.append(tag.id)
-                except (EvalError, ValueError, TypeError, KeyError):
-                    continue   # a field the customer lacks: the tag does not hold
+    def _due_after_event(self, state: CustomerState, as_of: int, etype: str) -> int | None:
+        """The earliest moment an event at ``as_of`` adds (every earlier one was armed).
+
+        An event only adds later moments: its own bucket leaving the windows,
+        its preference scores fading. What was due before is due no later.
+        """
+        candidates = [(as_of // gran + buckets) * gran for gran, buckets in self._exits]
+        if etype in self.weights:
+            candidates += self._fades(state)
+        later = [t for t in candidates if t > as_of]
+        return min(later) if later else None
+
+    def _fades(self, state: CustomerState) -> list[int]:
+        """When each preference tag held falls below the minimum score."""
         p = self.prefs
         scores = state.derived.get("prefs")
-        if p is not None and scores:
-            live = {k: _decayed(v, as_of, p) for k, v in scores.items()}
-            for prefix, top in (("likes:", p.top_categories), ("style:", p.top_styles),
-                                ("price:", 1)):
-                ranked = sorted(((s, k) for k, s in live.items()
-                                 if k.startswith(prefix) and s >= p.min_score),
-                                key=lambda x: (-x[0], x[1]))
-                out.extend(k for _, k in ranked[:top])
-        return out
+        if p is None or not scores:
+            return []
+        floor = math.log2(p.min_score)
+        return [DECAY_EPOCH + int((scores[tag] - floor) * p.half_life_ms) + 1
+                for tag in state.derived.get("tags", ()) if tag in scores]
+
+    def _tags(self, state: CustomerState, as_of: int, etype: str | None, views_changed: bool,
+              touched: set[str]) -> set[str]:
+        """The tags that hold at ``as_of``: those ``etype`` can change evaluated
+        again (all of them for ``None``), the others as they were.
+
+        Preference tags are ranked again only when a score the event raised
+        could enter its kind's top (all scores fade alike, so nothing else
+        reorders them); fading out is the profile timer's business.
+        """
+        held = set(state.derived.get("tags", ()))
+        if etype is None:
+            todo = list(self.tags)
+        else:
+            todo = self.tags_after.get(etype, []) + self.tags_always
+            if views_changed:
+                todo += self.tags_on_views
+        if todo:
+            ctx = Context(state, self.cfg, as_of)
+            for tag in todo:
+                try:
+                    holds = bool(tag.when.evaluate(ctx.get))
+                except (EvalError, ValueError, TypeError, KeyError):
+                    holds = False   # a field the customer lacks: the tag does not hold
+                if holds:
+                    held.add(tag.id)
+                else:
+                    held.discard(tag.id)
+        p = self.prefs
+        scores = state.derived.get("prefs")
+        if p is None or not scores:
+            return held
+        # log2 of the minimum, in stored (epoch) terms, at as_of.
+        floor = math.log2(p.min_score) + (as_of - DECAY_EPOCH) / p.half_life_ms
+        if etype is not None:
+            # The kinds where a raised score not yet a tag now clears the minimum.
+            rising = {k[:k.index(":") + 1] for k in touched
+                      if k not in held and scores.get(k, floor - 1) >= floor}
+            if not rising:
+                return held
+        for prefix, top in self._kinds:
+            if etype is not None and prefix not in rising:
+                continue
+            ranked = sorted(((v, k) for k, v in scores.items()
+                             if k.startswith(prefix) and v >= floor), key=lambda x: (-x[0], x[1]))
+            held = {t for t in held if not t.startswith(prefix)}
+            held.update(k for _, k in ranked[:top])
+        return held
 
 
 def _reads(tree: Any) -> list[str]:
@@ -246,12 +349,6 @@ def _reads(tree: Any) -> list[str]:
             out.append("consent")
         stack.extend(node.args)
     return out
-
-
-def _decayed(entry: list[float], ts: int, p: Preferences) -> float:
-    """A score ``[value, at]`` as it stands at ``ts`` (halved every half-life)."""
-    age = ts - entry[1]
-    return entry[0] * 0.5 ** (age / p.half_life_ms) if age > 0 else entry[0]
 
 
 def _band(price: float, p: Preferences) -> str:
