@@ -62,6 +62,11 @@ class Settings:
     lost_after: str = "90d"
     #: Member tiers, lowest first, as name:min_spend:min_orders in the 365-day window.
     tiers: tuple[str, ...] = ("regular:0:0", "silver:1000:2", "gold:5000:4")
+    #: RFM score thresholds: R scores 5..2 up to these days since the last
+    #: order; F and M score 2..5 from these orders / spend in 365 days on.
+    rfm_recency_days: tuple[str, ...] = ("30", "90", "180", "365")
+    rfm_frequency: tuple[str, ...] = ("2", "3", "4", "6")
+    rfm_monetary: tuple[str, ...] = ("200", "500", "1000", "3000")
     #: Rebuild state from history without deciding anything: no rule runs,
     #: no action or audit record is written (e.g. a first run over old events).
     backfill: bool = False
@@ -84,7 +89,8 @@ class Settings:
                 values[key] = value
         if isinstance(values.get("kafka_config"), str):
             values["kafka_config"] = parse_kafka_config(values["kafka_config"])
-        for name in ("count_windows", "spend_windows", "addresses", "tiers"):
+        for name in ("count_windows", "spend_windows", "addresses", "tiers", "rfm_recency_days",
+                     "rfm_frequency", "rfm_monetary"):
             if isinstance(values.get(name), str):
                 values[name] = tuple(v.strip() for v in values[name].replace(";", ",").split(",")
                                      if v.strip())
@@ -133,7 +139,9 @@ class Settings:
         try:
             profile = self.profile_config()
         except ValueError as exc:
-            raise ValueError(f"setting tiers: {exc}") from None
+            # RFM messages name their setting; the others are about tiers.
+            text = str(exc) if str(exc).startswith("rfm_") else f"tiers: {exc}"
+            raise ValueError(f"setting {text}") from None
         if profile.rfm_window not in {w.name for w in state.spend.windows}:
             raise ValueError(f"setting spend_windows: must include {profile.rfm_window!r} "
                              "(RFM and tiers are computed over it)")
@@ -143,7 +151,8 @@ class Settings:
     def profile_config(self) -> ProfileConfig:
         """Lifecycle, RFM and tier thresholds."""
         return ProfileConfig.from_settings(self.new_for, self.declining_after, self.lost_after,
-                                           list(self.tiers))
+                                           list(self.tiers), list(self.rfm_recency_days),
+                                           list(self.rfm_frequency), list(self.rfm_monetary))
 
     def state_config(self) -> StateConfig:
         """The per-customer state layout these settings ask for."""

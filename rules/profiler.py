@@ -107,7 +107,7 @@ class Profiler:
         p = self.prefs
         self._kinds = (("likes:", p.top_categories), ("style:", p.top_styles),
                        ("price:", 1)) if p is not None else ()
-        self._room = sum(top + 2 for _, top in self._kinds)
+        self._room = sum(top + 1 for _, top in self._kinds)
 
     # ------------------------------------------------------------------ events
     def relevant(self, state: CustomerState, etype: str) -> bool:
@@ -152,17 +152,17 @@ class Profiler:
         for key in touched:
             old = scores.get(key)
             if old is None:
-                scores[key] = round(added, 4)
+                scores[key] = round(added, 2)
             else:
                 high, low = (old, added) if old > added else (added, old)
-                scores[key] = round(high + math.log2(1.0 + 2.0 ** (low - high)), 4)
-        # Room for the tags and a few contenders per kind; the rest would take
-        # half-lives of renewed interest to matter.
+                scores[key] = round(high + math.log2(1.0 + 2.0 ** (low - high)), 2)
+        # Room for the tags and one contender per kind (log2 to 0.01: scores to
+        # within 0.7%); the rest would take half-lives of renewed interest to matter.
         if len(scores) > self._room:
             for prefix, top in self._kinds:
                 mine = sorted(((v, k) for k, v in scores.items() if k.startswith(prefix)),
                               key=lambda x: (-x[0], x[1]))
-                for _, k in mine[top + 2:]:
+                for _, k in mine[top + 1:]:
                     del scores[k]
         return touched
 

@@ -82,8 +82,26 @@ class ProfileConfig:
 
     @staticmethod
     def from_settings(new_for: str, declining_after: str, lost_after: str,
-                      tiers: list[str]) -> "ProfileConfig":
-        """From duration strings and tiers written ``name:min_spend:min_orders``."""
+                      tiers: list[str], recency_days: list[str] | None = None,
+                      frequency: list[str] | None = None,
+                      monetary: list[str] | None = None) -> "ProfileConfig":
+        """From duration strings, tiers written ``name:min_spend:min_orders`` and
+        four ascending score thresholds each for R (days), F (orders), M (spend)."""
+        default = ProfileConfig()
+        scores = {}
+        for name, raw, kind in (("recency_days", recency_days, int), ("frequency", frequency, int),
+                                ("monetary", monetary, float)):
+            if raw is None:
+                scores[name] = getattr(default, name)
+                continue
+            try:
+                values = tuple(kind(v) for v in raw)
+            except ValueError:
+                raise ValueError(f"rfm_{name}: {','.join(raw)!r} must be numbers") from None
+            if len(values) != 4 or list(values) != sorted(set(values)):
+                raise ValueError(f"rfm_{name}: give four ascending thresholds (scores 2 to 5), "
+                                 f"e.g. {','.join(str(v) for v in getattr(default, name))}")
+            scores[name] = values
         parsed = []
         for text in tiers:
             parts = text.split(":")
@@ -96,7 +114,7 @@ class ProfileConfig:
         if not parsed or parsed[0].min_spend or parsed[0].min_orders:
             raise ValueError("the first tier must ask nothing (e.g. regular:0:0)")
         return ProfileConfig(parse_duration(new_for), parse_duration(declining_after),
-                             parse_duration(lost_after), tiers=tuple(parsed))
+                             parse_duration(lost_after), tiers=tuple(parsed), **scores)
 
 
 @dataclass(frozen=True)

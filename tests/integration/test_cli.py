@@ -45,6 +45,15 @@ def test_profile_shows_the_merged_customer_view(stack) -> None:
     assert view_doc["windows"]["product_view"]["30d"] == 2
     assert view_doc["last_seen"]["product_view"].startswith("2026-09-22")
     assert [line["sku"] for line in view_doc["cart"]] == ["SOF-9"]
+    # The profile: stage and tier with since when, RFM values and scores, segment, tags, scores.
+    assert view_doc["stage"] == {"name": "new", "since": "2026-09-21T14:15:20.000Z"}
+    assert view_doc["tier"]["name"] == "regular"
+    assert view_doc["rfm"]["frequency"] == 1 and view_doc["rfm"]["monetary"] == 120.0
+    assert view_doc["rfm"]["recency_days"] == 0 and view_doc["rfm"]["scores"]["r"] == 5
+    assert view_doc["segment"]["name"] == "develop_new"
+    assert isinstance(view_doc["tags"], list)
+    assert view_doc["scores"] == {"churn_risk": None, "repurchase_30d": None}
+    assert "stage     new" in text.stdout and "segment develop_new" in text.stdout
     # A device id finds its customer too.
     assert orjson.loads(engage("profile", "d-7", "--json", env=env).stdout)["customer"] == "c-7"
 
