@@ -55,7 +55,7 @@ class ScheduleTrigger:
     at_minute: int
 
 
-#: State transitions the profile reports (see the profile issue); the rule
+#: State transitions the profile reports (engage.rules.profiler); the rule
 #: engine subscribes to them by kind and, optionally, the name entered.
 TRANSITION_KINDS = ("stage_entered", "tag_added", "tag_removed", "segment_entered",
                     "tier_upgraded", "tier_downgraded")

@@ -1,8 +1,8 @@
 """The shipped catalog, playbook by playbook: each rule fires exactly when the domain page says.
 
-Event, absence and schedule playbooks run through `engage replay`; the three
-that react to profile changes (declining, lost, sleeping high value) are fed
-the change directly until the profile produces it (see RuleRunner.on_change).
+Event, absence and schedule playbooks run through `engage replay`; so do the
+lifecycle playbooks (declining, lost), on the profile's own stage changes.
+Sleeping high value is also fed its change directly, to pin its conditions.
 """
 
 from __future__ import annotations
@@ -109,3 +109,18 @@ def test_lifecycle_and_segment_playbooks_react_to_profile_changes() -> None:
     assert sent == [("declining_30d", "2026-09-23T02:00:00.000Z"),
                     ("lost_90d", "2026-11-21T02:00:00.000Z"),
                     ("sleeping_high_value", "2026-11-22T02:00:00.000Z")]
+
+
+def test_declining_and_lost_playbooks_fire_when_the_profile_says_so(tmp_path: Path) -> None:
+    # A customer orders, then goes quiet; others' traffic moves event time on.
+    events = [paid(MORNING, "quiet", "o1", 120.0), view(MORNING, "busy")]
+    events += [view(MORNING + d * DAY, "busy") for d in range(1, 100, 5)]
+    result = run(tmp_path, events)
+    stages = [(c["user_id"], c["name"], c["ts"]) for c in result.profile_changes
+              if c["kind"] == "stage_entered" and c["user_id"] == "quiet"]
+    assert stages == [("quiet", "new", "2026-09-22T02:00:00.000Z"),
+                      ("quiet", "declining", "2026-10-22T02:00:00.000Z"),
+                      ("quiet", "lost", "2026-12-21T02:00:00.000Z")]
+    assert [(a["user_id"], a["rule_id"]) for a in result.actions
+            if a["rule_id"] in ("declining_30d", "lost_90d")] == [("quiet", "declining_30d"),
+                                                                 ("quiet", "lost_90d")]
