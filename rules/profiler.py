@@ -197,10 +197,8 @@ class Profiler:
                 elif before[key] != view[key]:
                     d[key] = [view[key], as_of]
                     views_changed = True
-            if view["rfm"] is None:
-                d.pop("rfm", None)
-            else:
-                d["rfm"] = view["rfm"]
+            # R, F and M themselves are not stored: they follow from the state at
+            # any time (engage profile derives them), only the segment is news.
         tags = self._tags(state, as_of, etype if not (full and views_changed) else None,
                           views_changed, touched)
         old_tags: dict[str, int] = before["tags"]

@@ -103,8 +103,8 @@ class CustomerState:
         self.fired: dict[str, list[int]] = {}     # rule id -> [last decision ts, last period]
         self.armed: dict[str, int] = {}           # schedule rule id -> due time armed
         # The profile derived from all of the above (engage.state.profile):
-        # stage/tier/segment -> [name, since], rfm, tags -> {tag: since},
-        # scores (the models'), due (its next timer).
+        # stage/tier/segment -> [name, since], tags -> {tag: since}, prefs
+        # (preference scores), scores (the models'), due (its next timer).
         self.derived: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ updates
@@ -325,7 +325,8 @@ class CustomerState:
         if self.fired:
             doc["rules"] = self.fired
         if self.derived:
-            doc["derived"] = self.derived
+            # The profile timer's due time is the shard's business (snapshots keep it).
+            doc["derived"] = {k: v for k, v in self.derived.items() if k != "due"}
         return doc
 
     @staticmethod
