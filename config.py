@@ -67,6 +67,8 @@ class Settings:
     rfm_recency_days: tuple[str, ...] = ("30", "90", "180", "365")
     rfm_frequency: tuple[str, ...] = ("2", "3", "4", "6")
     rfm_monetary: tuple[str, ...] = ("200", "500", "1000", "3000")
+    #: "thresholds" (the three above) or "population" (quintiles among live customers).
+    rfm_scoring: str = "thresholds"
     #: Rebuild state from history without deciding anything: no rule runs,
     #: no action or audit record is written (e.g. a first run over old events).
     backfill: bool = False
@@ -152,7 +154,8 @@ class Settings:
         """Lifecycle, RFM and tier thresholds."""
         return ProfileConfig.from_settings(self.new_for, self.declining_after, self.lost_after,
                                            list(self.tiers), list(self.rfm_recency_days),
-                                           list(self.rfm_frequency), list(self.rfm_monetary))
+                                           list(self.rfm_frequency), list(self.rfm_monetary),
+                                           self.rfm_scoring)
 
     def state_config(self) -> StateConfig:
         """The per-customer state layout these settings ask for."""

@@ -36,7 +36,7 @@ from engage.rules.decide import mark
 from engage.operators.records import Emit, Forget, Merge, StateWrites, Tick
 from engage.state.customer import CustomerState, StateConfig
 from engage.state.keys import base_key, contact_keys, id_digest, link_key, state_key
-from engage.state.profile import memberships
+from engage.state.profile import Population, memberships
 
 log = logging.getLogger(__name__)
 CLOCK_STEP_MS = 60_000
@@ -377,6 +377,10 @@ class CustomerShard(_Shard):
         self.profiler: Any = None
         self.pending: dict[str, Any] = {}
         self.final = False
+        # The shard's customers as a population, when RFM is scored relatively.
+        self.population: Any = None
+        if cfg.profile is not None and cfg.profile.rfm_scoring == "population":
+            self.population = Population()
         super().__init__(cfg, resume, bootstrap)
         self._runner()
         self._profiler()
@@ -384,11 +388,21 @@ class CustomerShard(_Shard):
     def _restore(self, snap: dict[str, Any]) -> None:
         super()._restore(snap)
         self.pending = snap.get("pending", {})
+        if self.population is not None and snap.get("population") is not None:
+            self.population = snap["population"]
 
     def _snapshot_dict(self) -> dict[str, Any]:
         snap = super()._snapshot_dict()
         snap["pending"] = self.pending
+        snap["population"] = self.population
         return snap
+
+    def _drop(self, key: str) -> None:
+        # A customer who leaves (expired, erased) leaves the population too.
+        state = self._lookup(key) if self.population is not None else None
+        if state is not None and state.derived.get("pop"):
+            self.population.move(tuple(state.derived["pop"]), None)
+        super()._drop(key)
 
     def _runner(self) -> Any:
         """The runner of the rules in force (rebuilt when they are reloaded)."""
@@ -413,6 +427,7 @@ class CustomerShard(_Shard):
         rules = book.current if book is not None else RuleSet(())
         if self.profiler is None or self.profiler.rules is not rules:
             self.profiler = Profiler(rules, self.cfg.state, self.cfg.profile)
+        self.profiler.population = self.population
         return self.profiler
 
     def on_batch(self, items: list[Any]) -> tuple[Iterable[Any], bool]:

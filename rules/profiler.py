@@ -27,7 +27,8 @@ from engage.rules.decide import iso
 from engage.rules.expr import EvalError
 from engage.rules.model import Preferences, RuleSet, TagDef
 from engage.state.customer import CustomerState, StateConfig
-from engage.state.profile import DORMANT, Facts, ProfileConfig, changes, derive, next_change
+from engage.state.profile import (DORMANT, Facts, Population, ProfileConfig, changes, derive,
+                                  next_change, rfm_values)
 
 ORDER_TYPES = frozenset({"order_paid", "order_refunded"})
 CART_TYPES = frozenset({"add_to_cart", "remove_from_cart", "order_placed", "order_paid"})
@@ -63,6 +64,8 @@ class Profiler:
         self.tags = rules.tags
         self.prefs: Preferences | None = rules.preferences
         self.rank = {t.name: i for i, t in enumerate(pcfg.tiers)}
+        #: The shard's live population, for relative RFM scores (set by the shard).
+        self.population: Population | None = None
         self.weights = dict(self.prefs.weights) if self.prefs else {}
         counts = {w.name: w for w in cfg.counts.windows}
         spends = {w.name for w in cfg.spend.windows}
@@ -190,7 +193,19 @@ class Profiler:
             or before["stage"] in DORMANT
         views_changed = False
         if full:
-            view = derive(self.facts(state, as_of), self.pcfg)
+            facts = self.facts(state, as_of)
+            pop = self.population
+            if pop is not None:
+                # The customer's own values move within the population first.
+                now = rfm_values(facts)
+                was = d.get("pop")
+                if (tuple(was) if was else None) != now:
+                    pop.move(tuple(was) if was else None, now)
+                    if now is None:
+                        d.pop("pop", None)
+                    else:
+                        d["pop"] = list(now)
+            view = derive(facts, self.pcfg, pop)
             for key in _TRACKED:
                 if view[key] is None:
                     d.pop(key, None)

@@ -325,8 +325,9 @@ class CustomerState:
         if self.fired:
             doc["rules"] = self.fired
         if self.derived:
-            # The profile timer's due time is the shard's business (snapshots keep it).
-            doc["derived"] = {k: v for k, v in self.derived.items() if k != "due"}
+            # The profile timer's due time and the customer's share of the shard's
+            # population are the shard's business (snapshots keep them).
+            doc["derived"] = {k: v for k, v in self.derived.items() if k not in ("due", "pop")}
         return doc
 
     @staticmethod

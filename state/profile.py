@@ -19,15 +19,17 @@ Definitions (all configurable, defaults from the domain page):
 - **R, F, M**: days since the last order; orders and spend (paid minus
   refunded) in the ``rfm_window`` (365 d, a spend window, sliding by the
   day); a customer who never ordered has none;
-- **scores** 1-5 against thresholds (R: days at most; F, M: at least), and
-  ``high`` from ``high_from`` (3) on; the eight high/low combinations are
-  the segments, named as the business names them;
+- **scores** 1-5 against thresholds (R: days at most; F, M: at least), or
+  (``rfm_scoring: population``) as quintiles among the live customers of the
+  shard (:class:`Population`); ``high`` from ``high_from`` (3) on; the eight
+  high/low combinations are the segments, named as the business names them;
 - **tier**: the highest whose minimum spend *and* order count in the RFM
   window the customer meets.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +79,8 @@ class ProfileConfig:
     frequency: tuple[int, ...] = (2, 3, 4, 6)
     monetary: tuple[float, ...] = (200.0, 500.0, 1000.0, 3000.0)
     high_from: int = 3
+    #: "thresholds" (above) or "population": quintiles among the shard's customers.
+    rfm_scoring: str = "thresholds"
     tiers: tuple[Tier, ...] = field(default_factory=lambda: (
         Tier("regular"), Tier("silver", 1000.0, 2), Tier("gold", 5000.0, 4)))
 
@@ -84,7 +88,8 @@ class ProfileConfig:
     def from_settings(new_for: str, declining_after: str, lost_after: str,
                       tiers: list[str], recency_days: list[str] | None = None,
                       frequency: list[str] | None = None,
-                      monetary: list[str] | None = None) -> "ProfileConfig":
+                      monetary: list[str] | None = None,
+                      rfm_scoring: str = "thresholds") -> "ProfileConfig":
         """From duration strings, tiers written ``name:min_spend:min_orders`` and
         four ascending score thresholds each for R (days), F (orders), M (spend)."""
         default = ProfileConfig()
@@ -113,8 +118,11 @@ class ProfileConfig:
                 raise ValueError(f"tier {text!r}: min_spend and min_orders must be numbers") from None
         if not parsed or parsed[0].min_spend or parsed[0].min_orders:
             raise ValueError("the first tier must ask nothing (e.g. regular:0:0)")
+        if rfm_scoring not in ("thresholds", "population"):
+            raise ValueError(f"rfm_scoring: {rfm_scoring!r} is not thresholds or population")
         return ProfileConfig(parse_duration(new_for), parse_duration(declining_after),
-                             parse_duration(lost_after), tiers=tuple(parsed), **scores)
+                             parse_duration(lost_after), tiers=tuple(parsed),
+                             rfm_scoring=rfm_scoring, **scores)
 
 
 @dataclass(frozen=True)
@@ -151,8 +159,65 @@ def score_high(value: float, least: tuple[float, ...] | tuple[int, ...]) -> int:
     return 1 + sum(1 for limit in least if value >= limit)
 
 
-def derive(f: Facts, cfg: ProfileConfig) -> dict[str, Any]:
+class Population:
+    """The live distribution of R, F and M over a shard's customers, for relative scores.
+
+    A histogram per measure (a streaming quantile sketch that, unlike KLL or
+    t-digest, takes deletions: a customer's old values leave when new ones
+    come): recency by the day of the last order, frequency exactly, spend in
+    buckets 2% wide (DDSketch's idea). A score is the customer's quintile:
+    ``1 + floor(5 * q)`` where ``q`` is the share of customers ranked below
+    (ties count half), capped at 5.
+
+    >>> pop = Population()
+    >>> for i in range(10):
+    ...     pop.move(None, (i, i, float(100 * i)))
+    >>> pop.scores((9, 9, 900.0)), pop.scores((0, 0, 0.0))
+    ((5, 5, 5), (1, 1, 1))
+    """
+
+    def __init__(self) -> None:
+        self.counts: tuple[dict[int, int], dict[int, int], dict[int, int]] = ({}, {}, {})
+        self.total = 0
+
+    @staticmethod
+    def key(values: tuple[int, int, float]) -> tuple[int, int, int]:
+        """Histogram buckets of (last order day, orders, spend)."""
+        day, orders, spend = values
+        return day, orders, int(math.log(1.0 + max(spend, 0.0)) / _LOG_STEP)
+
+    def move(self, old: tuple[int, int, float] | None, new: tuple[int, int, float] | None) -> None:
+        """A customer's values changed from ``old`` to ``new`` (None: absent)."""
+        for values, step in ((old, -1), (new, 1)):
+            if values is None:
+                continue
+            self.total += step
+            for hist, bucket in zip(self.counts, self.key(values)):
+                n = hist.get(bucket, 0) + step
+                if n:
+                    hist[bucket] = n
+                else:
+                    hist.pop(bucket, None)
+
+    def scores(self, values: tuple[int, int, float]) -> tuple[int, int, int]:
+        """R, F and M quintile scores of ``values`` in this population."""
+        if self.total <= 0:
+            return 3, 3, 3
+        out = []
+        for hist, bucket in zip(self.counts, self.key(values)):
+            below = sum(n for b, n in hist.items() if b < bucket)
+            q = (below + hist.get(bucket, 0) / 2) / self.total
+            out.append(min(5, 1 + int(q * 5)))
+        return out[0], out[1], out[2]
+
+
+_LOG_STEP = math.log(1.02)
+
+
+def derive(f: Facts, cfg: ProfileConfig, population: Population | None = None) -> dict[str, Any]:
     """Stage, tier, R/F/M values and scores and segment as of ``f.as_of``.
+
+    With a ``population``, scores are quintiles in it instead of thresholds.
 
     >>> cfg = ProfileConfig()
     >>> f = Facts(as_of=40 * DAY_MS, last_visit=5 * DAY_MS, orders=3, first_order=DAY_MS,
@@ -180,12 +245,23 @@ def derive(f: Facts, cfg: ProfileConfig) -> dict[str, Any]:
     if f.last_order is not None:
         days = (f.as_of - f.last_order) // DAY_MS
         money = round(f.window_spend, 2)
-        r = score_low(days, cfg.recency_days)
-        fs = score_high(f.window_orders, cfg.frequency)
-        m = score_high(money, cfg.monetary)
+        values = rfm_values(f)
+        if population is not None and values is not None:
+            r, fs, m = population.scores(values)
+        else:
+            r = score_low(days, cfg.recency_days)
+            fs = score_high(f.window_orders, cfg.frequency)
+            m = score_high(money, cfg.monetary)
         out["rfm"] = [days, int(f.window_orders), money, r, fs, m]
         out["segment"] = SEGMENTS[(r >= cfg.high_from, fs >= cfg.high_from, m >= cfg.high_from)]
     return out
+
+
+def rfm_values(f: Facts) -> tuple[int, int, float] | None:
+    """What a customer contributes to a :class:`Population`: last order day, orders, spend."""
+    if f.last_order is None:
+        return None
+    return f.last_order // DAY_MS, int(f.window_orders), round(f.window_spend, 2)
 
 
 def next_change(f: Facts, cfg: ProfileConfig, window_exits: int | None) -> int | None:
@@ -251,7 +327,7 @@ def memberships(derived: dict[str, Any]) -> str:
     """The membership sets a customer with this profile belongs to, as one string.
 
     >>> memberships({"stage": ["active", 1], "tier": ["gold", 2], "tags": {"vip": 3}})
-    'stage:active\x1ftag:vip\x1ftier:gold'
+    'stage:active\\x1ftag:vip\\x1ftier:gold'
     """
     names = [f"{view}:{derived[view][0]}" for view in ("stage", "tier", "segment") if view in derived]
     names += [f"tag:{tag}" for tag in derived.get("tags", ())]

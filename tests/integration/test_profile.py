@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
+from engage.config import Settings
 from engage.connectors.kafka import ACTIONS_TOPIC, EVENTS_TOPIC, PROFILE_TOPIC, produce_all
 from engage.profile_view import build_view
 from engage.replay import replay
@@ -168,3 +169,17 @@ def test_a_year_replayed_gives_the_profile_a_brute_force_batch_computes(stack, y
               for k in r.scan_iter("engage:members:*")}
     assert stored == dict(members)
     assert any(m.startswith("tag:likes:") for m in stored) and "tag:high_intent" in stored
+
+
+def test_relative_rfm_scores_spread_the_customers_over_quintiles(year) -> None:
+    _, docs, path = year
+    settings = Settings.load({"recovery_dir": "", "metrics_port": 0, "rules": "",
+                              "rfm_scoring": "population"}, {})
+    result = replay(str(path), [str(Path(__file__).parent.parent / "rules" / "cart_only.yaml")],
+                    settings)
+    segments = {c["name"] for c in result.profile_changes if c["kind"] == "segment_entered"}
+    # Against the population, high and low split every measure: all eight segments occur,
+    # where fixed thresholds leave some empty on this history.
+    assert segments == {"core_value", "active_potential", "sleeping_high_value", "lost",
+                        "develop_high_value", "win_back_high_value", "develop_new",
+                        "retain_regular"}

@@ -192,3 +192,38 @@ def test_states_and_events_pickle_compiled_or_not() -> None:
     assert back.to_doc(CFG) == s.to_doc(CFG) and back.cart.lines(T0) == s.cart.lines(T0)
     e = ev("search", T0, query="x")
     assert pickle.loads(pickle.dumps(e)) == e
+
+
+@given(st.lists(st.tuples(st.integers(0, 400), st.integers(0, 12), st.floats(0, 20_000)),
+                min_size=1, max_size=60), st.data())
+@settings(max_examples=200, deadline=None)
+def test_population_scores_are_the_quintiles_of_the_live_customers(values: list, data) -> None:
+    # Relative RFM: the sketch takes customers' values coming, changing and going,
+    # and scores a customer by the share ranked below (ties half), as an exact
+    # computation over the customers still there does: recency and frequency
+    # exactly, spend to its 2% buckets.
+    from engage.state.profile import Population
+
+    pop = Population()
+    live: dict[int, tuple] = {}
+    for i, v in enumerate(values):
+        pop.move(None, v)
+        live[i] = v
+        if data.draw(st.booleans()):
+            j = data.draw(st.sampled_from(sorted(live)))
+            new = data.draw(st.none() | st.just((v[0] + 1, v[1] + 1, v[2] * 1.5)))
+            pop.move(live.pop(j), new)
+            if new is not None:
+                live[j] = new
+    population = list(live.values())
+    for v in population:
+        got = pop.scores(v)
+        for measure, key in ((0, lambda x: x[0]), (1, lambda x: x[1])):
+            below = sum(1 for w in population if key(w) < key(v))
+            ties = sum(1 for w in population if key(w) == key(v))
+            assert got[measure] == min(5, 1 + int((below + ties / 2) / len(population) * 5))
+        bucket = Population.key(v)[2]
+        below = sum(1 for w in population if Population.key(w)[2] < bucket)
+        ties = sum(1 for w in population if Population.key(w)[2] == bucket)
+        assert got[2] == min(5, 1 + int((below + ties / 2) / len(population) * 5))
+        assert all(1 <= s <= 5 for s in got)

@@ -20,7 +20,8 @@ ROOT = Path(engage.__path__[0])
 MODULES = [
     "engage.events", "engage.config", "engage.operators.parse", "engage.operators.event_time",
     "engage.operators.routing", "engage.state.windows", "engage.state.customer",
-    "engage.state.cart", "engage.state.keys", "engage.state.contact",
+    "engage.state.cart", "engage.state.keys", "engage.state.contact", "engage.state.profile",
+    "engage.operators.ingest",
     "engage.rules.expr", "engage.rules.templates", "engage.rules.model", "engage.rules.policy",
     "engage.rules.context", "engage.rules.decide",
     "engage.simulator.storefront",
