@@ -32,30 +32,41 @@ from engage.rules.decide import iso
 from engage.state.keys import (ERASURES_KEY, MEMBERS_INDEX, base_key, contact_keys, link_key,
                                members_key, state_key)
 
-# KEYS: the keys to delete, then the membership index. ARGV: the customer.
+# KEYS: the customer's own keys, then per linked device (link, device document,
+# its takeover copy), then the membership index. ARGV: the customer, the number
+# of devices. A device now linked to someone else is theirs: left alone.
 _ERASE = """
+local customer, ndev = ARGV[1], tonumber(ARGV[2])
+local own = #KEYS - 1 - 3 * ndev
 local n = 0
-for i = 1, #KEYS - 1 do n = n + redis.call('DEL', KEYS[i]) end
+for i = 1, own do n = n + redis.call('DEL', KEYS[i]) end
+for d = 0, ndev - 1 do
+  local link = KEYS[own + 3 * d + 1]
+  if redis.call('GET', link) == customer then
+    n = n + redis.call('DEL', link, KEYS[own + 3 * d + 2], KEYS[own + 3 * d + 3])
+  end
+end
 local index = KEYS[#KEYS]
-local was = redis.call('HGET', index, ARGV[1])
+local was = redis.call('HGET', index, customer)
 if was then
   for m in string.gmatch(was, '[^\\31]+') do
-    n = n + redis.call('SREM', 'MEMBERS{' .. m .. '}', ARGV[1])
+    n = n + redis.call('SREM', 'MEMBERS{' .. m .. '}', customer)
   end
-  redis.call('HDEL', index, ARGV[1])
+  redis.call('HDEL', index, customer)
 end
 return n
 """.replace("MEMBERS{", members_key("")[:-1])
 
 
-def customer_keys(client: redis.Redis, customer: str) -> list[str]:
-    """Every Redis key holding something of ``customer`` or of a device linked to them."""
-    keys = [state_key(customer), base_key(customer), *contact_keys(customer)]
+def customer_keys(client: redis.Redis, customer: str) -> tuple[list[str], list[str]]:
+    """The customer's own Redis keys, and three per device linked to them
+    (link, device document, its takeover copy)."""
+    own = [state_key(customer), base_key(customer), *contact_keys(customer)]
     raw = client.get(state_key(customer))
     devices = orjson.loads(raw).get("anon_ids", []) if raw is not None else []
-    for device in devices:
-        keys += [link_key(device), state_key(anon_key(device)), base_key(anon_key(device))]
-    return keys
+    per_device = [k for device in devices for k in (
+        link_key(device), state_key(anon_key(device)), base_key(anon_key(device)))]
+    return own, per_device
 
 
 def forget(settings: Settings, customer: str, now: float | None = None) -> dict[str, Any]:
@@ -69,8 +80,9 @@ def forget(settings: Settings, customer: str, now: float | None = None) -> dict[
     produce_all(settings.kafka_bootstrap, CONTROL_TOPIC, [(
         None, orjson.dumps({"forget": customer, "request_id": request_id}))], settings.kafka_config)
     client = connect(settings.redis_url)
-    keys = customer_keys(client, customer)
-    removed = int(client.eval(_ERASE, len(keys) + 1, *keys, MEMBERS_INDEX, customer))
+    own, per_device = customer_keys(client, customer)
+    keys = own + per_device + [MEMBERS_INDEX]
+    removed = int(client.eval(_ERASE, len(keys), *keys, customer, len(per_device) // 3))
     record = {"request_id": request_id, "at": iso(int((now or time.time()) * 1000)),
               "keys_removed": removed}
     client.rpush(ERASURES_KEY, orjson.dumps(record))

@@ -75,6 +75,11 @@ def derived_view(settings: Settings, state: CustomerState, ref: int) -> dict[str
         days, freq, money, r, f, m = now["rfm"]
         rfm = {"recency_days": days, "frequency": freq, "monetary": money,
                "scores": {"r": r, "f": f, "m": m}, "window": pcfg.rfm_window}
+        if pcfg.rfm_scoring == "population":
+            # Relative scores live in the engine's population: show its segment as stored.
+            rfm["scores"] = None
+            stored = d.get("segment")
+            now["segment"] = stored[0] if stored else None
     return {
         "stage": {"name": now["stage"], "since": since("stage")},
         "tier": {"name": now["tier"], "since": since("tier")},
@@ -113,10 +118,13 @@ def render(view: dict[str, Any]) -> str:
         lines.append(f"tier      {view['tier']['name']} (since {view['tier']['since'] or '-'})")
         rfm = view["rfm"]
         if rfm:
+            scores = rfm["scores"]
+            shown = (f"{scores['r']}/{scores['f']}/{scores['m']}" if scores
+                     else "relative to the population")
+            segment = view["segment"] or {"name": "-", "since": None}
             lines.append(f"rfm       R {rfm['recency_days']} days, F {rfm['frequency']} orders, "
-                         f"M {rfm['monetary']} in {rfm['window']}; scores "
-                         f"{rfm['scores']['r']}/{rfm['scores']['f']}/{rfm['scores']['m']}; segment "
-                         f"{view['segment']['name']} (since {view['segment']['since'] or '-'})")
+                         f"M {rfm['monetary']} in {rfm['window']}; scores {shown}; segment "
+                         f"{segment['name']} (since {segment['since'] or '-'})")
         tags = ", ".join(f"{t['name']} (since {t['since']})" for t in view["tags"])
         lines.append(f"tags      {tags or '-'}")
         scores = ", ".join(f"{k}={v}" for k, v in view["scores"].items() if v is not None)

@@ -95,9 +95,11 @@ def engine_flow(settings: Settings, stop_at_end: bool = False, from_end: bool = 
                       lineage=line, bootstrap=bootstrap, finish_on_eof=stop_at_end,
                       rules=None if settings.backfill else book,
                       contact=ContactPolicy(lambda: RedisLedger(url, ttl)), tags=book,
+                      # Erasure requests from the start, even for a deployment that takes
+                      # over from the end: one sent while no engine ran must still be done.
                       control=EventSource(settings.kafka_bootstrap, topic=CONTROL_TOPIC,
                                           batch_size=100, stop_at_end=stop_at_end,
-                                          extra=settings.kafka_config, from_end=from_end))
+                                          extra=settings.kafka_config))
     return flow
 
 

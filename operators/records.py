@@ -33,6 +33,8 @@ class Merge(NamedTuple):
     anonymous_id: str
     state: Any  # CustomerState; Any keeps this module free of state imports
     ts: int = 0  # event time of the login that linked the device
+    partition: int = 0   # and where it was read from (orders merges of one moment)
+    offset: int = 0
 
 
 class StateWrites(NamedTuple):

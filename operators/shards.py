@@ -449,8 +449,9 @@ class CustomerShard(_Shard):
             elif kind is Tick:
                 self.watermark.update(item)
             elif kind is Merge:
-                # Just ahead of the login that linked the device.
-                self._hold(item, item.ts, -1, -1)
+                # Just ahead of the login that linked the device (and, should two
+                # logins of the customer share a moment, in their order).
+                self._hold(item, item.ts, -1, (item.partition << 40) + item.offset)
             elif kind is Forget:
                 self._forget(item, out)
         self._advance(out)
@@ -527,8 +528,10 @@ class CustomerShard(_Shard):
             self.members_dirty.add(key)
         for change in changes:
             metrics.PROFILE_CHANGES.labels(change["kind"]).inc()
-            out.append(Emit(self.cfg.profile_topic, key.encode(), profiler.message(key, change)))
+            # A backfill (no rules running) rebuilds profiles but sends nothing.
             if runner is not None:
+                out.append(Emit(self.cfg.profile_topic, key.encode(),
+                                profiler.message(key, change)))
                 runner.on_change(state, change, timers, out)
         if due is not None:
             timers.append((due, key, PROFILE_TIMER, ""))
@@ -692,9 +695,6 @@ class IdentityShard(_Shard):
                 ticked = True
             elif type(item) is Forget:
                 self._forget(item)
-            elif self.forgotten and (self._is_forgotten(item.user_id)
-                                     or self._is_forgotten(item.anonymous_id)):
-                continue   # an erased customer or one of their devices
             elif item.late:
                 # Beyond the allowed lateness: time has passed it already.
                 self._handle(item, out)
@@ -750,6 +750,9 @@ class IdentityShard(_Shard):
 
     def _handle(self, item: Event, out: list[Any]) -> None:
         """Link, re-attribute or keep one device event."""
+        if self.forgotten and (self._is_forgotten(item.user_id) or (
+                item.user_id is None and self._is_forgotten(item.anonymous_id))):
+            return   # an erased customer, or anonymous use of their devices
         cfg = self.cfg.state
         anon = item.anonymous_id or ""
         device = self.devices.get(anon)
@@ -818,6 +821,9 @@ class IdentityShard(_Shard):
             device.history.append(customer)
         if device.linked != customer:
             device.linked = customer
+            if self.forgotten:
+                # Someone else's device now: its anonymous use counts again.
+                self.forgotten.discard(id_digest(anon))
             metrics.IDENTITY_LINKS.labels("linked").inc()
             key = anon_key(anon)
             state = self._lookup(key)
@@ -828,7 +834,7 @@ class IdentityShard(_Shard):
             self.links_changed.add(anon)
             # The merge travels ahead of the login on the same route, so the
             # customer's shard sees the device's history first.
-            out.append(Merge(customer, anon, state, event.ts))
+            out.append(Merge(customer, anon, state, event.ts, event.partition, event.offset))
         out.append(event)
 
     def _expire_one(self, key: str, wm: int, out: list[Any]) -> int | None:

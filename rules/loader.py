@@ -593,8 +593,14 @@ def _tag(doc: _Doc, path: Path_, raw: Any, cfg: StateConfig) -> TagDef | None:
 def _preferences(s: _Section) -> Preferences:
     s.keys(PREFERENCE_KEYS)
     p = Preferences()
-    half_life = s.duration("half_life", p.half_life_ms) or p.half_life_ms
+    half_life = s.duration("half_life", p.half_life_ms)
+    if half_life is None or half_life <= 0:
+        if "half_life" in s.value and half_life is not None:
+            s.error("half_life", "half_life must be longer than zero")
+        half_life = p.half_life_ms
     min_score = s.typed("min_score", float, p.min_score)
+    if min_score <= 0:
+        s.error("min_score", "min_score must be more than zero (scores only fade towards it)")
     tops = {}
     for key in ("top_categories", "top_styles"):
         value = s.typed(key, int, getattr(p, key))
@@ -617,7 +623,7 @@ def _preferences(s: _Section) -> Preferences:
     wsec = s.section("weights", "weights")
     if wsec is not None:
         known = tuple(t for t, _ in p.weights)
-        parsed_w = []
+        given = dict(p.weights)   # what is not named keeps its default
         for etype in wsec.value:
             if etype not in known:
                 wsec.error(etype, f"weights: {etype!r} is not one of {', '.join(known)}"
@@ -625,8 +631,10 @@ def _preferences(s: _Section) -> Preferences:
                 continue
             w = wsec.typed(etype, float)
             if w is not None:
-                parsed_w.append((etype, float(w)))
-        weights = tuple(parsed_w)
+                if w < 0:
+                    wsec.error(etype, f"weights: {etype} must be 0 or more")
+                given[etype] = float(w)
+        weights = tuple(given.items())
     return Preferences(half_life, float(min_score), tops["top_categories"], tops["top_styles"],
                        bands, weights)
 

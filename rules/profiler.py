@@ -1,9 +1,9 @@
 """Keeps each customer's profile up to date and says what changed.
 
 The customer shard calls :meth:`Profiler.learn` for every event it applies
-(preference scores), :meth:`Profiler.update` when the profile may have
-changed (an event that matters, a merge, or the profile's own timer), and
-arms the one timer :meth:`Profiler.update` asks for. ``update`` derives the
+(preference scores, from within ``refresh``), :meth:`Profiler.refresh`
+when the profile may have changed (an event that matters, a merge, or the
+profile's own timer), and arms the one timer ``refresh`` asks for. It derives the
 stage, tier and RFM of :mod:`engage.state.profile`, evaluates the tag
 definitions of the rule files, stores the result in ``state.derived`` and
 returns every transition as a change record: the change stream's message and
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from typing import Any
 
 import orjson
@@ -27,6 +28,7 @@ from engage.rules.decide import iso
 from engage.rules.expr import EvalError
 from engage.rules.model import Preferences, RuleSet, TagDef
 from engage.state.customer import CustomerState, StateConfig
+from engage.state.windows import DAY_MS
 from engage.state.profile import (DORMANT, Facts, Population, ProfileConfig, changes, derive,
                                   next_change, rfm_values)
 
@@ -44,6 +46,9 @@ _NAME_TYPES: dict[str, frozenset[str]] = {
     "region": PROFILE_TYPES, "timezone": PROFILE_TYPES, "preferred_channel": PROFILE_TYPES,
     "birthday": PROFILE_TYPES, "consent": frozenset({"consent_update"}),
 }
+_PREF_KINDS = ("likes:", "style:", "price:")
+#: Category and style names that may become preference tags (and Redis set names).
+_PLAIN = re.compile(r"[A-Za-z0-9_\-. ]{1,64}")
 #: Preference scores are kept as they would stand at this event time (2020-01-01).
 DECAY_EPOCH = 1_577_836_800_000
 
@@ -76,10 +81,16 @@ class Profiler:
         self.tags_always: list[TagDef] = []
         #: Tags reading the stage, tier or segment: evaluated when one changes.
         self.tags_on_views: list[TagDef] = []
+        #: Whether a tag reads a day count (days_since_*): the profile then
+        #: wakes up whenever one of them turns over.
+        self.daily = False
+        self.tag_ids = frozenset(t.id for t in self.tags)
         for tag in self.tags:
             types: set[str] = set()
             always = views = False
             for name in _reads(tag.when.tree):
+                if name.startswith("days_since_"):
+                    self.daily = True
                 if name in _NAME_TYPES:
                     types |= _NAME_TYPES[name]
                 elif name.startswith("spend_") and name[6:] in spends:
@@ -114,11 +125,16 @@ class Profiler:
 
     # ------------------------------------------------------------------ events
     def relevant(self, state: CustomerState, etype: str) -> bool:
-        """Whether an event of ``etype`` may change ``state``'s profile."""
+        """Whether an event of ``etype`` may change ``state``'s profile.
+
+        Any event is, for a customer with no profile timer armed (new, or taken
+        over from an earlier deployment's document): it arms one.
+        """
         if etype in self.types:
             return True
-        stage = state.derived.get("stage")
-        return stage is None or stage[0] in DORMANT
+        derived = state.derived
+        stage = derived.get("stage")
+        return stage is None or stage[0] in DORMANT or "due" not in derived
 
     def learn(self, state: CustomerState, e: Event) -> set[str]:
         """Add a viewed, carted or bought item to the customer's preference scores;
@@ -141,10 +157,12 @@ class Profiler:
         for item in items:
             if not isinstance(item, dict):
                 continue
-            if isinstance(item.get("category"), str):
-                touched.add("likes:" + item["category"])
-            if isinstance(item.get("style"), str):
-                touched.add("style:" + item["style"])
+            # Names become tags and Redis set names: only plain ones qualify.
+            category, style = item.get("category"), item.get("style")
+            if isinstance(category, str) and _PLAIN.fullmatch(category):
+                touched.add("likes:" + category)
+            if isinstance(style, str) and _PLAIN.fullmatch(style):
+                touched.add("style:" + style)
             price = item.get("price")
             if isinstance(price, (int, float)) and not isinstance(price, bool):
                 touched.add("price:" + _band(float(price), p))
@@ -152,7 +170,7 @@ class Profiler:
             return touched
         scores: dict[str, float] = state.derived.setdefault("prefs", {})
         added = math.log2(weight) + (e.ts - DECAY_EPOCH) / p.half_life_ms
-        for key in touched:
+        for key in sorted(touched):   # a document's key order must not follow a hash seed
             old = scores.get(key)
             if old is None:
                 scores[key] = round(added, 2)
@@ -189,6 +207,12 @@ class Profiler:
         d = state.derived
         before: dict[str, Any] = {k: (d[k][0] if k in d else None) for k in _TRACKED}
         before["tags"] = d.get("tags", {})
+        armed = d.get("due")
+        # An event at (or, in a replay's same batch, after) the armed moment
+        # stands in for the timer: what was due then is derived now, in full.
+        overdue = armed is None or armed <= as_of
+        if overdue:
+            etype = None
         full = etype is None or etype in ORDER_TYPES or before["stage"] is None \
             or before["stage"] in DORMANT
         views_changed = False
@@ -231,14 +255,13 @@ class Profiler:
             change["ts"] = as_of
             change["cause"] = cause
             change["change_id"] = change_id(state.key, change["kind"], str(change["name"]), as_of)
-        armed = d.get("due")
-        if full or armed is None or armed <= as_of:
+        if full or overdue:
             # Exact: supersedes whatever was armed.
             due = self.next_due(state, as_of)
             if due == armed:
                 due = None
         else:
-            assert etype is not None
+            assert etype is not None and armed is not None
             due = self._due_after_event(state, as_of, etype)
             if due is not None and due >= armed:
                 due = None
@@ -271,6 +294,10 @@ class Profiler:
             if exit_at is not None:
                 candidates.append(exit_at)
         candidates += self._fades(state)
+        if self.daily:
+            for since in (state.max_ts, state.last_order_ts, state.first_order_ts):
+                if since is not None and since <= as_of:
+                    candidates.append(since + ((as_of - since) // DAY_MS + 1) * DAY_MS)
         later = [t for t in candidates if t > as_of]
         return min(later) if later else None
 
@@ -305,7 +332,10 @@ class Profiler:
         could enter its kind's top (all scores fade alike, so nothing else
         reorders them); fading out is the profile timer's business.
         """
-        held = set(state.derived.get("tags", ()))
+        p = self.prefs
+        # Tags no longer defined (a reload removed them) are dropped.
+        held = {t for t in state.derived.get("tags", ())
+                if t in self.tag_ids or (p is not None and t.startswith(_PREF_KINDS))}
         if etype is None:
             todo = list(self.tags)
         else:
@@ -323,7 +353,6 @@ class Profiler:
                     held.add(tag.id)
                 else:
                     held.discard(tag.id)
-        p = self.prefs
         scores = state.derived.get("prefs")
         if p is None or not scores:
             return held

@@ -30,6 +30,7 @@ Definitions (all configurable, defaults from the domain page):
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,6 +119,13 @@ class ProfileConfig:
                 raise ValueError(f"tier {text!r}: min_spend and min_orders must be numbers") from None
         if not parsed or parsed[0].min_spend or parsed[0].min_orders:
             raise ValueError("the first tier must ask nothing (e.g. regular:0:0)")
+        for lower, higher in zip(parsed, parsed[1:]):
+            if higher.min_spend < lower.min_spend or higher.min_orders < lower.min_orders:
+                raise ValueError(f"tier {higher.name!r} asks less than {lower.name!r} before it: "
+                                 "list tiers lowest first")
+        for t in parsed:
+            if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", t.name):
+                raise ValueError(f"tier name {t.name!r}: lower case letters, digits and '_'")
         if rfm_scoring not in ("thresholds", "population"):
             raise ValueError(f"rfm_scoring: {rfm_scoring!r} is not thresholds or population")
         return ProfileConfig(parse_duration(new_for), parse_duration(declining_after),
