@@ -532,7 +532,8 @@ class CustomerShard(_Shard):
             if runner is not None:
                 out.append(Emit(self.cfg.profile_topic, key.encode(),
                                 profiler.message(key, change)))
-                runner.on_change(state, change, timers, out)
+        if runner is not None:
+            runner.on_changes(state, changes, timers, out)
         if due is not None:
             timers.append((due, key, PROFILE_TIMER, ""))
 

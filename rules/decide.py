@@ -251,16 +251,26 @@ class RuleRunner:
 
         ``change``: ``kind``, ``name``, ``from``, ``to``, ``ts``.
         """
-        ts = int(change["ts"])
+        self.on_changes(state, [change], timers, out)
+
+    def on_changes(self, state: CustomerState, changes: list[dict[str, Any]],
+                   timers: list[Timer], out: list[Decision]) -> None:
+        """Changes of one moment (one look at the profile): one arbitration for
+        every transition rule they fire, as for rules triggered by one event."""
+        if not changes:
+            return
+        ts = int(changes[0]["ts"])
         moment: list[Decision] = []
-        for rule in self.transitions:
-            t = rule.trigger
-            assert isinstance(t, TransitionTrigger)
-            if t.kind != change.get("kind") or (t.name is not None and t.name != change.get("name")):
-                continue
-            ctx = Context(state, self.cfg, ts, change=change)
-            anchor = f"{change.get('kind')}:{change.get('name')}@{ts}"
-            self._consider(rule, state, ctx, ts, [], anchor, moment, timers)
+        for change in changes:
+            for rule in self.transitions:
+                t = rule.trigger
+                assert isinstance(t, TransitionTrigger)
+                if t.kind != change.get("kind") or (t.name is not None
+                                                    and t.name != change.get("name")):
+                    continue
+                ctx = Context(state, self.cfg, ts, change=change)
+                anchor = f"{change.get('kind')}:{change.get('name')}@{ts}"
+                self._consider(rule, state, ctx, ts, [], anchor, moment, timers)
         self._arbitrate(moment, ts, timers, out)
 
     def on_timers(self, state: CustomerState, due: int, due_now: list[tuple[str, str]],

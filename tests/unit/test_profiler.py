@@ -89,3 +89,25 @@ def test_an_erased_customers_device_still_lets_another_customer_log_in() -> None
     # c1's anonymous use stays erased; c2's login, and what follows it, count for c2.
     assert passed == [("Merge", None, None), ("Event", "l2", "c2"), ("Event", "v2", "c2")]
     assert [x.customer for x in out if type(x) is Merge] == ["c2"]
+
+
+def test_transitions_of_one_moment_compete_in_one_arbitration() -> None:
+    from engage.rules.decide import RuleRunner  # noqa: PLC0415
+
+    rules = load_text("""
+policy: {caps: {global: null}, quiet_hours: {start: "00:00", end: "00:00"},
+         arbitration: {mode: drop}}
+rules:
+  - {id: win_back, trigger: {transition: {stage_entered: lost}}, action: {channel: email, priority: 60}}
+  - {id: vip_wake, trigger: {transition: {segment_entered: sleeping_high_value}},
+     action: {channel: email, priority: 80}}
+""", "r.yaml", CFG)
+    runner = RuleRunner(RuleSet(rules.rules, rules.policy), CFG, live=False)
+    state = CustomerState("c1", CFG)
+    out: list = []
+    # One look at the profile found both: the customer went lost and sleeping at once.
+    runner.on_changes(state, [{"kind": "stage_entered", "name": "lost", "ts": T0},
+                              {"kind": "segment_entered", "name": "sleeping_high_value",
+                               "ts": T0}], [], out)
+    assert sorted((d.doc["rule_id"], d.doc.get("reason")) for d in out) == [
+        ("vip_wake", None), ("win_back", "conflict")]
