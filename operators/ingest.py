@@ -6,6 +6,9 @@ judges lateness from its own history, and says how far its event time has
 come. Doing it in the source (as Flink does with watermarks) costs no extra
 dataflow step per event, and the partition's clock is snapshotted together
 with its offset, so a restart judges every replayed event exactly as before.
+
+:class:`ControlSource` reads requests to the engine itself (``engage forget``)
+from the control topic; they take the events' routes to the shards.
 """
 
 from __future__ import annotations

@@ -625,6 +625,10 @@ class IdentityShard(_Shard):
     ``max_links_per_device`` distinct customers (a shop's shared tablet) links
     to no further ones; the refusal is counted.
 
+    A :class:`Forget` request drops the devices linked to the erased customer
+    (links, documents, held events) and keeps digests of the ids, so that the
+    customer's logins and the devices' anonymous use are ignored afterwards.
+
     Events are handled in event-time order, not arrival order: each waits
     here until the watermark passes it. A login and the device's own events
     usually come from different partitions, and whether a product view
