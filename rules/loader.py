@@ -443,18 +443,29 @@ def _eligibility(s: _Section) -> Eligibility:
     return Eligibility()
 
 
-def _rule(doc: _Doc, path: Path_, raw: Any, cfg: StateConfig) -> Rule | None:
+def _item(doc: _Doc, path: Path_, raw: Any, what: str, keys: tuple[str, ...],
+          required: tuple[str, ...], why: str = "") -> tuple[_Section, str, int] | None:
+    """One rule or tag: its section, its checked id, and the error count before it."""
     if not isinstance(raw, dict):
-        doc.error(doc.line(path), f"each rule must be a mapping, not {_type_name(raw)}")
+        doc.error(doc.line(path), f"each {what} must be a mapping, not {_type_name(raw)}")
         return None
     rid = raw.get("id")
-    s = _Section(doc, path, raw, f"rule {rid!r}" if isinstance(rid, str) else "a rule")
+    s = _Section(doc, path, raw, f"{what} {rid!r}" if isinstance(rid, str) else f"a {what}")
     before = len(doc.errors)
-    s.keys(RULE_KEYS, required=("id", "trigger", "action"))
-    rule_id = s.typed("id", str, "")
-    if rule_id and not _RULE_ID.match(rule_id):
-        s.error("id", f"rule id {rule_id!r} must be lower case letters, digits and '_', "
-                      "starting with a letter (it appears in metrics and action ids)")
+    s.keys(keys, required=required)
+    item_id = s.typed("id", str, "")
+    if item_id and not _RULE_ID.match(item_id):
+        s.error("id", f"{what} id {item_id!r} must be lower case letters, digits and '_', "
+                      f"starting with a letter{why}")
+    return s, item_id, before
+
+
+def _rule(doc: _Doc, path: Path_, raw: Any, cfg: StateConfig) -> Rule | None:
+    item = _item(doc, path, raw, "rule", RULE_KEYS, ("id", "trigger", "action"),
+                 " (it appears in metrics and action ids)")
+    if item is None:
+        return None
+    s, rule_id, before = item
     tsec = s.section("trigger", "trigger")
     trigger, names = _trigger(tsec, cfg) if tsec else (None, names_for(cfg))
     conditions: list[Condition] = []
@@ -560,7 +571,6 @@ TAG_KEYS = ("id", "when", "layer", "description")
 TAG_LAYERS = ("dynamic", "static", "predictive")
 PREFERENCE_KEYS = ("half_life", "min_score", "top_categories", "top_styles", "price_bands",
                    "weights")
-_TAG_ID = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
 def tag_names(cfg: StateConfig) -> Names:
@@ -571,17 +581,10 @@ def tag_names(cfg: StateConfig) -> Names:
 
 
 def _tag(doc: _Doc, path: Path_, raw: Any, cfg: StateConfig) -> TagDef | None:
-    if not isinstance(raw, dict):
-        doc.error(doc.line(path), f"each tag must be a mapping, not {_type_name(raw)}")
+    item = _item(doc, path, raw, "tag", TAG_KEYS, ("id", "when"))
+    if item is None:
         return None
-    tid = raw.get("id")
-    s = _Section(doc, path, raw, f"tag {tid!r}" if isinstance(tid, str) else "a tag")
-    before = len(doc.errors)
-    s.keys(TAG_KEYS, required=("id", "when"))
-    tag_id = s.typed("id", str, "")
-    if tag_id and not _TAG_ID.match(tag_id):
-        s.error("id", f"tag id {tag_id!r} must be lower case letters, digits and '_', "
-                      "starting with a letter")
+    s, tag_id, before = item
     when = s.condition("when", tag_names(cfg)) if "when" in raw else None
     layer = s.choice("layer", TAG_LAYERS, "dynamic")
     if len(doc.errors) > before or when is None:
