@@ -80,6 +80,19 @@ class ShardConfig:
     profile_topic: str = "engage.profile_changes"
 
 
+def runner_in_force(cfg: ShardConfig, current: Any) -> Any:
+    """A RuleRunner of the rules in force: ``current`` while they are unchanged,
+    a new one after a reload, None when no rules run."""
+    book = cfg.rules
+    if book is None:
+        return None
+    if current is not None and current.rules is book.current:
+        return current
+    from engage.rules.decide import RuleRunner  # noqa: PLC0415 - not compiled
+
+    return RuleRunner(book.current, cfg.state, cfg.live)
+
+
 class Bootstrap:
     """Loads state written by an earlier deployment the first time a key is seen.
 
@@ -406,15 +419,11 @@ class CustomerShard(_Shard):
 
     def _runner(self) -> Any:
         """The runner of the rules in force (rebuilt when they are reloaded)."""
-        book = self.cfg.rules
-        if book is None:
-            return None
-        if self.runner is None or self.runner.rules is not book.current:
-            from engage.rules.decide import RuleRunner  # noqa: PLC0415 - not compiled
-
-            self.runner = RuleRunner(book.current, self.cfg.state, self.cfg.live)
-            self.runner.pending = self.pending   # decisions waiting survive a reload
-        return self.runner
+        runner = runner_in_force(self.cfg, self.runner)
+        if runner is not self.runner and runner is not None:
+            runner.pending = self.pending   # decisions waiting survive a reload
+        self.runner = runner
+        return runner
 
     def _profiler(self) -> Any:
         """The profile keeper for the tag definitions in force (rebuilt on reload)."""
@@ -658,13 +667,7 @@ class IdentityShard(_Shard):
 
     def _marker(self) -> Any:
         """The rules in force, for the events a device's history must remember."""
-        book = self.cfg.rules
-        if book is None:
-            return None
-        if self.marker is None or self.marker.rules is not book.current:
-            from engage.rules.decide import RuleRunner  # noqa: PLC0415 - not compiled
-
-            self.marker = RuleRunner(book.current, self.cfg.state, self.cfg.live)
+        self.marker = runner_in_force(self.cfg, self.marker)
         return self.marker
 
     def _restore(self, snap: dict[str, Any]) -> None:
@@ -690,6 +693,7 @@ class IdentityShard(_Shard):
         started = time.perf_counter()
         out: list[Any] = []
         ticked = False
+        self._marker()   # once per batch: a reload takes effect from the next one
         if self.bootstrap is not None:
             self._prefetch(anon_key(i.anonymous_id or "") for i in items if type(i) is Event)
             self._prefetch_links({i.anonymous_id or "" for i in items if type(i) is Event})
@@ -718,6 +722,7 @@ class IdentityShard(_Shard):
         out: list[Any] = []
         if self.cfg.finish_on_eof:
             self.watermark.finish()
+            self._marker()
             self._release(None, out)
             self._pass_time_on(out, final=True)
             self._advance(out)
@@ -774,7 +779,7 @@ class IdentityShard(_Shard):
             key = anon_key(anon)
             state = self.states.get(key) or self._state(key)
             state.apply(item, cfg)
-            marker = self._marker()
+            marker = self.marker
             if item.late:
                 metrics.LATE_EVENTS.inc()
             elif marker is not None and item.type in marker.watched:
