@@ -22,8 +22,9 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from confluent_kafka.admin import AdminClient
 
 from engage.config import Settings
-from engage.connectors.kafka import (ALL_TOPICS, CONTROL_TOPIC, EVENTS_TOPIC, STOP_READING, EventSource,
-                                     KafkaTopicsSink, client_config, ensure_topics)
+from engage.connectors.kafka import (ACTIONS_TOPIC, ALL_TOPICS, CONTROL_TOPIC, EVENTS_TOPIC,
+                                     STOP_READING, EventSource, KafkaTopicsSink, client_config,
+                                     ensure_topics)
 from engage.connectors.redis_ledger import RedisLedger
 from engage.connectors.redis_store import RedisStateSink, connect, has_state, make_loader
 from engage.flows.engagement import build_flow
@@ -91,7 +92,8 @@ def engine_flow(settings: Settings, stop_at_end: bool = False, from_end: bool = 
     # A backfill keeps the profile (and its tags) but decides nothing.
     flow = build_flow(settings, source,
                       RedisStateSink(settings.redis_url, ttl // 1000),
-                      KafkaTopicsSink(settings.kafka_bootstrap, settings.kafka_config),
+                      KafkaTopicsSink(settings.kafka_bootstrap, settings.kafka_config,
+                                      latency_topic=ACTIONS_TOPIC),
                       lineage=line, bootstrap=bootstrap, finish_on_eof=stop_at_end,
                       rules=None if settings.backfill else book,
                       contact=ContactPolicy(lambda: RedisLedger(url, ttl)), tags=book,

@@ -13,6 +13,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Mapping
 
+import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, Producer, TopicPartition
@@ -214,9 +215,23 @@ class EventSource(FixedPartitionedSource[RawRecord, int]):
                                self.stop_at_end, self.start_offset)
 
 
+def trigger_time_s(action: bytes) -> float | None:
+    """The trigger's event time (epoch seconds) of an action as written to ``engage.actions``.
+
+    >>> trigger_time_s(b'{"trigger_ts": "2026-09-21T12:01:00.000Z"}')
+    1789992060.0
+    """
+    try:
+        text = orjson.loads(action).get("trigger_ts")
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+        return None
+
+
 class _ProducerPartition(StatelessSinkPartition[Emit]):
-    def __init__(self, producer: Producer) -> None:
+    def __init__(self, producer: Producer, latency_topic: str | None = None) -> None:
         self.producer = producer
+        self.latency_topic = latency_topic
         self.failed: list[str] = []
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
@@ -239,20 +254,41 @@ class _ProducerPartition(StatelessSinkPartition[Emit]):
         if self.failed:
             errors, self.failed = self.failed, []
             raise RuntimeError("Kafka refused messages: " + "; ".join(errors[:5]))
+        if self.latency_topic is not None:
+            self._observe_latency(items)
+
+    def _observe_latency(self, items: list[Emit]) -> None:
+        """End-to-end latency of the actions just acknowledged by the broker."""
+        now = time.time()
+        for item in items:
+            if item.topic != self.latency_topic or not item.value:
+                continue
+            trigger = trigger_time_s(item.value)
+            # A trigger ahead of the wall clock (a simulated clock running fast)
+            # has no latency to speak of: left out rather than counted as zero.
+            if trigger is not None and trigger <= now:
+                metrics.ACTION_LATENCY.observe(now - trigger)
 
     def close(self) -> None:
         self.producer.flush()
 
 
 class KafkaTopicsSink(DynamicSink[Emit]):
-    """One producer per worker that writes each :class:`Emit` to its own topic."""
+    """One producer per worker that writes each :class:`Emit` to its own topic.
 
-    def __init__(self, bootstrap: str, extra: dict[str, str] | None = None) -> None:
+    ``latency_topic`` (the live engine passes ``engage.actions``) meters each
+    message written there in ``engage_action_latency_seconds``; replays and
+    backfills leave it unset, since their event time is not the wall clock's.
+    """
+
+    def __init__(self, bootstrap: str, extra: dict[str, str] | None = None,
+                 latency_topic: str | None = None) -> None:
         self.conf = client_config(bootstrap, {"linger.ms": 5, "enable.idempotence": False,
                                               **(extra or {})})
+        self.latency_topic = latency_topic
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _ProducerPartition:
-        return _ProducerPartition(Producer(self.conf))
+        return _ProducerPartition(Producer(self.conf), self.latency_topic)
 
 
 def read_topic(bootstrap: str, topic: str, timeout: float = 10.0,

@@ -147,7 +147,8 @@ class RedisLedger:
         args = [self.ttl_ms, orjson.dumps(wire)]
         started = time.perf_counter()
         # Like state writes: wait for Redis rather than send unchecked.
-        raw = call_until_answered(lambda: self.script(keys=keys, args=args), "contact ledger")
+        raw = call_until_answered(lambda: self.script(keys=keys, args=args), "contact ledger",
+                                  "contact_ledger")
         metrics.LEDGER_SECONDS.observe(time.perf_counter() - started)
         return [str(v) for v in orjson.loads(raw)]
 

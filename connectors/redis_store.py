@@ -72,11 +72,12 @@ return nset
 RETRY_BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 
 
-def call_until_answered(call: Any, what: str) -> Any:
+def call_until_answered(call: Any, what: str, op: str = "other") -> Any:
     """``call()``, retried with backoff while Redis is unreachable; returns its result.
 
     Retrying forever is deliberate: the dataflow stops taking input until
     Redis answers, and no accepted event (or decision) is lost or skipped.
+    ``op`` labels the retries metric (a fixed name, never data).
     """
     attempt = 0
     while True:
@@ -84,11 +85,15 @@ def call_until_answered(call: Any, what: str) -> Any:
             return call()
         except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
             metrics.REDIS_ERRORS.inc()
+            metrics.REDIS_RETRIES.labels(op).inc()
             delay = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
             if attempt % 10 == 0:
                 log.warning("%s failed (%s); retrying in %.2fs", what, exc, delay)
             time.sleep(delay)
             attempt += 1
+        except redis.RedisError:
+            metrics.REDIS_ERRORS.inc()   # not retryable (script error, AUTH refused): counted, raised
+            raise
 
 
 def connect(url: str) -> redis.Redis:
@@ -171,7 +176,8 @@ class _StatePartition(StatelessSinkPartition[Any]):
 
     def _call(self, keys: list[str], args: list[Any]) -> None:
         """Write, waiting for Redis while it is unreachable (the queue then fills)."""
-        call_until_answered(lambda: self.script(keys=keys, args=args), "Redis write")
+        call_until_answered(lambda: self.script(keys=keys, args=args), "Redis write",
+                            "state_write")
 
     def close(self) -> None:
         """Write what is queued, then stop the writer."""

@@ -23,9 +23,21 @@ STATE_WRITE_SECONDS = Histogram("engage_state_write_seconds",
                                 buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
 STATE_KEYS_WRITTEN = Counter("engage_state_keys_written_total",
                              "Redis keys set or deleted by state writes.", ["op"])
-REDIS_ERRORS = Counter("engage_redis_errors_total", "Redis calls that failed (and were retried).")
+REDIS_ERRORS = Counter("engage_redis_errors_total",
+                       "Redis calls of the dataflow that failed (retried or not).")
+REDIS_RETRIES = Counter("engage_redis_retries_total",
+                        "Redis calls tried again after a connection error or timeout, by operation "
+                        "(state_write, contact_ledger).", ["op"])
 ACTIONS_SENT = Counter("engage_actions_sent_total", "Actions written to engage.actions.",
                        ["rule_id", "channel"])
+#: From the trigger's event time to the action written to Kafka, in the live engine only:
+#: decisions wait for the watermark (the allowed lateness, 5 min by default) and quiet
+#: hours, so most of this is by design; catching up on old events reads as old here.
+ACTION_LATENCY = Histogram("engage_action_latency_seconds",
+                           "Wall clock when an action was written to engage.actions minus "
+                           "its trigger's event time.",
+                           buckets=(1, 5, 15, 30, 60, 120, 240, 300, 330, 360, 420, 600, 900,
+                                    1800, 3600, 7200, 21600, 86400))
 ACTIONS_SUPPRESSED = Counter("engage_actions_suppressed_total",
                              "Decisions not sent, written to engage.audit, by reason.",
                              ["rule_id", "reason"])

@@ -24,7 +24,7 @@ MODULES = [
     "engage.operators.ingest",
     "engage.rules.expr", "engage.rules.templates", "engage.rules.model", "engage.rules.policy",
     "engage.rules.context", "engage.rules.decide",
-    "engage.simulator.storefront",
+    "engage.simulator.storefront", "engage.connectors.kafka",
 ]
 
 
