@@ -24,9 +24,11 @@ def _engine_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-port", dest="metrics_port", type=int,
                    help="port of /metrics, /healthz, /readyz (env ENGAGE_METRICS_PORT; 0 = off)")
     p.add_argument("--workers", type=int, help="Bytewax workers per process")
-    p.add_argument("--processes", type=int, help="number of processes in the cluster")
+    p.add_argument("--processes", type=int, help="processes in the cluster; without "
+                   "--addresses, started here on loopback ports")
     p.add_argument("--process-id", dest="process_id", type=int, help="this process's index")
-    p.add_argument("--addresses", help="host:port of every process, separated by ';'")
+    p.add_argument("--addresses", help="host:port of every process of the cluster, in "
+                   "process-id order, separated by ';' (with --process-id)")
     p.add_argument("--recovery-dir", dest="recovery_dir",
                    help="Bytewax recovery directory (default .engage/recovery; env ENGAGE_RECOVERY_DIR)")
     p.add_argument("--no-recovery", action="store_true", help="run without crash recovery")
@@ -57,6 +59,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         settings = _settings(args, recovery_dir="")
     elif not settings.recovery_dir:
         settings = _settings(args, recovery_dir=DEFAULT_RECOVERY_DIR)
+    if settings.processes > 1 and not settings.addresses:
+        from engage.cluster import run_local_cluster  # noqa: PLC0415
+
+        return run_local_cluster(settings, getattr(args, "argv", sys.argv[1:]),
+                                 from_end=args.start_from == "end")
     run_engine(settings, stop_at_end=args.stop_at_end, from_end=args.start_from == "end")
     return 0
 
@@ -197,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``engage`` program."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Kept for `run --processes`, which starts members with the same command line.
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args) or 0)
     except ValueError as exc:

@@ -31,9 +31,17 @@ class Settings:
     kafka_config: dict[str, str] = field(default_factory=dict)
 
     workers: int = 1
+    #: Processes of a Bytewax cluster. Without ``addresses``, ``engage run``
+    #: starts this many local processes itself (see engage.cluster); with
+    #: them, this process is ``process_id`` among ``addresses``.
     processes: int = 1
     process_id: int | None = None
     addresses: tuple[str, ...] = ()
+    #: The deployment's lineage id (stamped in every state document); every
+    #: process of one deployment must agree on it. Normally kept in the
+    #: recovery directory; set it (the same on every process, new for each new
+    #: deployment) when processes do not share one.
+    lineage: str | None = None
     recovery_dir: str | None = None
     snapshot_interval: str = "5s"
     batch_size: int = 8000
@@ -115,6 +123,9 @@ class Settings:
                     raise ValueError(f"setting {f.name}: {value!r} is not true or false")
                 value = value.strip().lower() in ("1", "true", "yes")
             typed[f.name] = value
+        if typed.get("addresses") and "processes" not in typed:
+            # A cluster is as large as its list of addresses.
+            typed["processes"] = len(typed["addresses"])
         result = replace(settings, **typed)
         result.validate()
         return result
@@ -134,6 +145,16 @@ class Settings:
                      "max_links_per_device", "event_partitions"):
             if getattr(self, name) < 1:
                 raise ValueError(f"setting {name}: must be at least 1")
+        if self.addresses:
+            if self.process_id is None:
+                raise ValueError("setting process_id: required with addresses "
+                                 "(this process's index among them, from 0)")
+            if not 0 <= self.process_id < len(self.addresses):
+                raise ValueError(f"setting process_id: {self.process_id} is not an index of "
+                                 f"the {len(self.addresses)} addresses")
+            if self.processes != len(self.addresses):
+                raise ValueError(f"setting processes: {self.processes} processes but "
+                                 f"{len(self.addresses)} addresses")
         try:
             state = self.state_config()
         except ValueError as exc:

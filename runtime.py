@@ -52,7 +52,10 @@ def lineage(settings: Settings, from_end: bool) -> tuple[str, bool]:
             log.warning("Redis already holds customer state; replaying the topic from the "
                         "beginning rebuilds it from events and overwrites it "
                         "(use --start-from end to take it over instead)")
-        return {"lineage": uuid.uuid4().hex[:12], "bootstrap": bool(existing and from_end)}
+        # A cluster's processes are handed the id their supervisor chose (see
+        # engage.cluster), so every document of the deployment carries one lineage.
+        return {"lineage": settings.lineage or uuid.uuid4().hex[:12],
+                "bootstrap": bool(existing and from_end)}
 
     if not settings.recovery_dir:
         info = decide()
