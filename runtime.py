@@ -13,7 +13,7 @@ import threading
 import uuid
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 from bytewax._bytewax import cli_main
@@ -130,10 +130,23 @@ def watch_rules(book: RuleBook, interval_s: float) -> threading.Thread | None:
     return thread
 
 
-def readiness_checks(settings: Settings) -> dict[str, Any]:
-    """What /readyz checks: Redis answers PING, Kafka answers a metadata request."""
+def readiness_checks(settings: Settings,
+                     rules: Callable[[], RuleBook | None] | None = None) -> dict[str, Any]:
+    """What /readyz checks: Redis answers PING, Kafka a metadata request, rules are loaded.
+
+    ``rules`` returns the rule book in force, or None while the engine is
+    still starting; without it, the settings' rules are loaded here (and a
+    broken file raises, as it would stop the engine). A reload refused later
+    keeps the previous rules in force, so it does not make the engine unready
+    (it is metered in ``engage_rule_reloads_total{outcome="refused"}``).
+    """
     client = connect(settings.redis_url or "")
     admin = AdminClient(client_config(settings.kafka_bootstrap or "", settings.kafka_config))
+    if rules is None:
+        fixed = load_rule_book(settings)
+        in_force: Callable[[], RuleBook | None] = lambda: fixed  # noqa: E731
+    else:
+        in_force = rules
 
     def redis_ok() -> None:
         client.ping()
@@ -141,7 +154,14 @@ def readiness_checks(settings: Settings) -> dict[str, Any]:
     def kafka_ok() -> None:
         admin.list_topics(timeout=2.0)
 
-    return {"redis": redis_ok, "kafka": kafka_ok}
+    def rules_ok() -> None:
+        book = in_force()
+        if book is None:
+            raise RuntimeError("rules not loaded yet")
+        if book.current is None:
+            raise RuntimeError("no rule set in force")
+
+    return {"redis": redis_ok, "kafka": kafka_ok, "rules": rules_ok}
 
 
 def tune_gc() -> None:
@@ -163,12 +183,21 @@ def run_engine(settings: Settings, stop_at_end: bool = False, from_end: bool = F
     """Run until interrupted (or, with ``stop_at_end``, until the input is read)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.info("starting engine with %s", settings.redacted())
+    # The ops endpoint comes up before anything slow (topics, recovery, rules),
+    # so probes see "alive, not ready" during start-up rather than nothing.
+    loaded: list[RuleBook] = []
+    ops = None
+    if serve_ops and settings.metrics_port:
+        ops = OpsServer(settings.metrics_port,
+                        readiness_checks(settings, lambda: loaded[-1] if loaded else None)).start()
+        log.info("metrics on http://127.0.0.1:%d/metrics", ops.port)
     recovery = prepare_recovery(settings)
     # Topics the contract names are created when missing (never altered).
     ensure_topics(settings.kafka_bootstrap or "", {
         t: settings.event_partitions if t == EVENTS_TOPIC else 1 for t in ALL_TOPICS},
         settings.kafka_config)
     book = load_rule_book(settings)
+    loaded.append(book)
     if settings.backfill:
         log.info("backfill: rebuilding state and profiles only; no rule runs, nothing is sent")
     else:
@@ -177,10 +206,6 @@ def run_engine(settings: Settings, stop_at_end: bool = False, from_end: bool = F
         watch_rules(book, settings.ms("rules_reload_interval") / 1000)
     flow = engine_flow(settings, stop_at_end=stop_at_end, from_end=from_end, book=book)
     tune_gc()
-    ops = None
-    if serve_ops and settings.metrics_port:
-        ops = OpsServer(settings.metrics_port, readiness_checks(settings)).start()
-        log.info("metrics on http://127.0.0.1:%d/metrics", ops.port)
     kwargs: dict[str, Any] = {
         "workers_per_process": settings.workers,
         "epoch_interval": timedelta(milliseconds=settings.ms("snapshot_interval")),
