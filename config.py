@@ -188,24 +188,85 @@ class Settings:
         return parse_duration(getattr(self, name))
 
     def redacted(self) -> dict[str, Any]:
-        """Settings safe to log: secrets in URLs and Kafka config are masked."""
+        """Settings safe to log: secrets in URLs and Kafka config are masked.
+
+        >>> s = Settings.load({"redis_url": "rediss://app:pw@r:6380/0",
+        ...                    "kafka_config": "sasl.username=u,sasl.password=pw"}, {})
+        >>> s.redacted()["redis_url"], s.redacted()["kafka_config"]
+        ('rediss://app:***@r:6380/0', {'sasl.username': 'u', 'sasl.password': '***'})
+        """
         out = {f.name: getattr(self, f.name) for f in fields(Settings)}
-        if self.redis_url and "@" in self.redis_url:
-            scheme, rest = self.redis_url.split("://", 1)
-            out["redis_url"] = f"{scheme}://***@{rest.split('@', 1)[1]}"
-        out["kafka_config"] = {k: ("***" if any(s in k for s in ("password", "secret", "key"))
-                                   else v) for k, v in self.kafka_config.items()}
+        if self.redis_url:
+            out["redis_url"] = redact_url(self.redis_url)
+        out["kafka_config"] = {k: ("***" if is_secret_key(k) else v)
+                               for k, v in self.kafka_config.items()}
         return out
+
+    def __repr__(self) -> str:
+        # The dataclass's own repr would print passwords wherever a Settings
+        # is logged, formatted into an error or shown in a traceback.
+        shown = ", ".join(f"{k}={v!r}" for k, v in self.redacted().items())
+        return f"Settings({shown})"
+
+    __str__ = __repr__
+
+
+#: Parts of librdkafka property names whose values are secrets (sasl.password,
+#: ssl.key.password, ssl.keystore.password, ssl.key.pem, sasl.oauthbearer.client.secret,
+#: sasl.oauthbearer.config, sasl.jaas.config...).
+SECRET_KEY_PARTS = ("password", "secret", "key", "jaas", "oauthbearer.config", "token",
+                    "credential")
+
+
+def is_secret_key(name: str) -> bool:
+    """Whether a Kafka client setting's value must never be shown.
+
+    >>> is_secret_key("sasl.password"), is_secret_key("security.protocol")
+    (True, False)
+    """
+    lowered = name.lower()
+    return any(part in lowered for part in SECRET_KEY_PARTS)
+
+
+def redact_url(url: str) -> str:
+    """A Redis URL with its password (user info or ``?password=``) masked.
+
+    >>> redact_url("redis://:s3cret@cache:6379/0")
+    'redis://:***@cache:6379/0'
+    >>> redact_url("rediss://default:p@ss@cache:6380/1?password=x&ssl_cert_reqs=required")
+    'rediss://default:***@cache:6380/1?password=***&ssl_cert_reqs=required'
+    >>> redact_url("redis://cache:6379/0")
+    'redis://cache:6379/0'
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "***" if "@" in url or "password" in url.lower() else url
+    head, question, query = rest.partition("?")
+    if "@" in query and "@" not in head:
+        return f"{scheme}://***"      # a password holding an unencoded '?': mask it all
+    if "@" in head:
+        # The host follows the last '@': an unencoded password may hold '@' or '/'.
+        userinfo, host = head.rsplit("@", 1)
+        # Without a ':', redis-py reads the lone user info as the password.
+        user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
+        head = f"{user}:***@{host}"
+    if question:
+        query = "&".join(("password=***" if part.lower().startswith("password=") else part)
+                         for part in query.split("&"))
+    return f"{scheme}://{head}{question}{query}"
 
 
 def parse_kafka_config(text: str) -> dict[str, str]:
     """``"security.protocol=SASL_SSL,sasl.mechanism=PLAIN"`` as a dict."""
     out: dict[str, str] = {}
-    for part in text.split(","):
+    parts = text.split(",")
+    for i, part in enumerate(parts, 1):
         if not part.strip():
             continue
         if "=" not in part:
-            raise ValueError(f"setting kafka_config: {part!r} is not key=value")
+            # Never echo the item: it may be the tail of a password that held a ','.
+            raise ValueError(f"setting kafka_config: item {i} of {len(parts)} is not key=value "
+                             "(values cannot contain ',')")
         key, value = part.split("=", 1)
         out[key.strip()] = value.strip()
     return out

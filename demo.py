@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from engage.config import Settings
+from engage.config import Settings, redact_url
 from engage.connectors.devstack import DevStack, DevStackError, free_port
 from engage.connectors.kafka import ACTIONS_TOPIC, DLQ_TOPIC, EVENTS_TOPIC, client_config
 from engage.connectors.redis_store import connect, read_clock, read_customer
@@ -67,8 +67,9 @@ def run_demo(seconds: float, rate: float, speed: float, metrics_port: int | None
     bootstrap = env["ENGAGE_KAFKA_BOOTSTRAP"]
     redis_url = env["ENGAGE_REDIS_URL"]
     port = metrics_port or free_port()
-    print(f"broker     {bootstrap}\nredis      {redis_url}\nmetrics    http://127.0.0.1:{port}/metrics")
-    print(f"profile    ENGAGE_REDIS_URL={redis_url} engage profile c-1   (while the demo runs)")
+    shown = redact_url(redis_url)   # a configured Redis may carry a password in its URL
+    print(f"broker     {bootstrap}\nredis      {shown}\nmetrics    http://127.0.0.1:{port}/metrics")
+    print(f"profile    ENGAGE_REDIS_URL={shown} engage profile c-1   (while the demo runs)")
     engine = _engine(env, port)
     producer = Producer(client_config(bootstrap, {"linger.ms": 5}))
     watcher = Consumer(client_config(bootstrap, {"group.id": "engage-demo", "enable.auto.commit": False,
