@@ -122,6 +122,8 @@ class _StatePartition(StatelessSinkPartition[Any]):
         self.idle = threading.Event()
         self.idle.set()
         self.failure: BaseException | None = None
+        #: A watermark reached Redis: from then on the clock key must be there.
+        self.clock_written = False
         self.writer = threading.Thread(target=self._drain, name="redis-state-writer", daemon=True)
         self.writer.start()
 
@@ -175,9 +177,37 @@ class _StatePartition(StatelessSinkPartition[Any]):
             log.exception("Redis state writer failed")
 
     def _call(self, keys: list[str], args: list[Any]) -> None:
-        """Write, waiting for Redis while it is unreachable (the queue then fills)."""
-        call_until_answered(lambda: self.script(keys=keys, args=args), "Redis write",
-                            "state_write")
+        """Write, waiting for Redis while it is unreachable (the queue then fills).
+
+        A batch whose reply was lost may already have run: running it again
+        sets the same whole documents and memberships, so nothing counts twice.
+        """
+        try:
+            self.script(keys=keys, args=args)
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+            metrics.REDIS_ERRORS.inc()
+            metrics.REDIS_RETRIES.labels("state_write").inc()
+            log.warning("Redis write failed (%s); waiting for Redis", exc)
+            self._check_kept_data()
+            call_until_answered(lambda: self.script(keys=keys, args=args), "Redis write",
+                                "state_write")
+        if int(args[2]) > 0:
+            self.clock_written = True
+
+    def _check_kept_data(self) -> None:
+        """Once Redis answers again, say loudly if it came back without our data.
+
+        Documents are rewritten only for customers that change, so a Redis
+        restarted without persistence stays without the others until they do;
+        the clock key, written with every watermark and never expiring, tells.
+        """
+        kept = call_until_answered(lambda: self.client.exists(CLOCK_KEY), "Redis check",
+                                   "state_write")
+        if self.clock_written and not kept:
+            log.error("Redis came back without the engine's data (restarted without "
+                      "persistence?): state documents of customers that do not change from "
+                      "now on stay missing. Run Redis with AOF persistence; to rebuild, replay "
+                      "the topic into it with a new recovery directory")
 
     def close(self) -> None:
         """Write what is queued, then stop the writer."""
@@ -203,7 +233,9 @@ def make_loader(url: str) -> Any:
     client = connect(url)
 
     def load(keys: list[str]) -> list[bytes | None]:
-        return client.mget(keys) if keys else []
+        # Like writes, a takeover waits for Redis rather than start customers empty.
+        return call_until_answered(lambda: client.mget(keys), "bootstrap read",
+                                   "bootstrap") if keys else []
 
     return load
 

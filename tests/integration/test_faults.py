@@ -1,0 +1,90 @@
+"""Faults while events flow: Redis killed and restarted, the broker restarted.
+
+Each test runs a live ``engage run`` subprocess against a real broker and a
+real redis-server, breaks one of them mid-stream, and compares what the
+engine left in Redis and Kafka with an undisturbed run of the same events.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from typing import Any
+
+import redis
+
+from engage.connectors.devstack import DevStack
+from engage.connectors.kafka import ACTIONS_TOPIC, EVENTS_TOPIC, produce_all
+from engage.simulator.storefront import Storefront
+
+from fault_helpers import LiveEngine, PersistentRedis, readyz, wait_for
+from stack_helpers import state_snapshot, topic_docs
+
+#: Long enough for many failed writes and a not-ready /readyz; the code itself
+#: waits for Redis without limit (backoff capped at 2 s). The issue's 30 s:
+#: ENGAGE_TEST_REDIS_OUTAGE_S=35 pytest tests/integration/test_faults.py
+OUTAGE_S = float(os.environ.get("ENGAGE_TEST_REDIS_OUTAGE_S", "6"))
+
+
+def _redis_scenario(records: list[Any], outage: bool, wipe: bool = False) -> tuple[Any, ...]:
+    half = len(records) // 2
+    server = PersistentRedis()
+    server.start()
+    try:
+        with DevStack(event_partitions=3, with_redis=False) as stack:
+            stack.redis_url = server.url
+            produce_all(stack.bootstrap, EVENTS_TOPIC, records[:half])
+            engine = LiveEngine(stack)
+            engine.wait_read(half)
+            client = redis.Redis.from_url(server.url)
+            wait_for(lambda: client.exists("engage:clock"), 30, "the first state write")
+            errors_before = engine.metric("engage_redis_errors_total")
+            if outage:
+                server.kill()
+                if wipe:
+                    for f in server.dir.glob("appendonly*"):
+                        _remove(f)
+                # Events keep coming while Redis is away.
+                produce_all(stack.bootstrap, EVENTS_TOPIC, records[half:])
+                wait_for(lambda: readyz(engine.port) == 503, 15, "/readyz to say not ready")
+                wait_for(lambda: engine.metric("engage_redis_errors_total") > errors_before, 15,
+                         "failed Redis calls to be metered")
+                time.sleep(OUTAGE_S)
+                assert engine.alive() and readyz(engine.port) == 503
+                server.start()
+                wait_for(lambda: readyz(engine.port) == 200, 15, "/readyz to be ready again")
+            else:
+                produce_all(stack.bootstrap, EVENTS_TOPIC, records[half:])
+            engine.wait_read(len(records))
+            output = engine.stop()
+            client = redis.Redis.from_url(server.url)
+            actions = sorted(a["action_id"] for a in topic_docs(stack, ACTIONS_TOPIC))
+            return state_snapshot(client), actions, output
+    finally:
+        server.close()
+
+
+def _remove(path: Any) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def test_redis_killed_and_restarted_mid_stream_loses_nothing_and_counts_nothing_twice() -> None:
+    records = list(Storefront(seed=21, customers=300, mean_gap_ms=30000).events(8000))
+    calm_state, calm_actions, _ = _redis_scenario(records, outage=False)
+    state, actions, output = _redis_scenario(records, outage=True)
+    assert len(calm_state) > 300 and calm_actions
+    assert state == calm_state
+    assert actions == calm_actions  # the same ids, none twice
+    assert "came back without the engine's data" not in output
+
+
+def test_a_redis_that_comes_back_empty_is_reported() -> None:
+    # Without persistence a restarted Redis is empty and the engine rewrites
+    # only customers that change afterwards: it must say so, loudly.
+    records = list(Storefront(seed=22, customers=100, mean_gap_ms=8000).events(2000))
+    _, _, output = _redis_scenario(records, outage=True, wipe=True)
+    assert "came back without the engine's data" in output
