@@ -1,6 +1,6 @@
 """The ``engage`` command-line program.
 
-Sub-commands: ``run``, ``demo``, ``profile``, ``forget``, ``rules validate`` (also
+Sub-commands: ``run``, ``demo``, ``simulate``, ``profile``, ``forget``, ``rules validate`` (also
 ``tags validate``), ``replay``, ``bench``. Each exits non-zero
 with a one-line reason on bad input or configuration.
 """
@@ -74,6 +74,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     return run_demo(seconds=args.seconds, rate=args.rate, speed=args.speed,
                     metrics_port=args.metrics_port, customers=args.customers)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Produce simulated storefront events to Kafka, paced by the wall clock; no engine."""
+    from engage.simulator.live import simulate  # noqa: PLC0415
+
+    return simulate(_settings(args), rate=args.rate, speed=args.speed, seconds=args.seconds,
+                    customers=args.customers, seed=args.seed)
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -160,6 +168,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--customers", type=int, default=400)
     demo.add_argument("--metrics-port", dest="metrics_port", type=int, default=None)
     demo.set_defaults(func=cmd_demo)
+
+    simulate = sub.add_parser("simulate", help=cmd_simulate.__doc__)
+    simulate.add_argument("--rate", type=float, default=50.0, help="events per second (default 50)")
+    simulate.add_argument("--speed", type=float, default=1.0,
+                          help="event time runs this many times faster than the wall clock "
+                               "(default 1: events are stamped now)")
+    simulate.add_argument("--seconds", type=float, default=0.0,
+                          help="stop after this long (default 0: until SIGINT/SIGTERM)")
+    simulate.add_argument("--customers", type=int, default=1000)
+    simulate.add_argument("--seed", type=int, default=None,
+                          help="storefront seed (default: the start time, so ids never repeat)")
+    simulate.add_argument("--kafka-bootstrap", dest="kafka_bootstrap",
+                          help="host:port[,host:port] (env ENGAGE_KAFKA_BOOTSTRAP)")
+    simulate.add_argument("--kafka-config", dest="kafka_config",
+                          help="extra librdkafka settings, k=v,k=v (env ENGAGE_KAFKA_CONFIG)")
+    simulate.set_defaults(func=cmd_simulate)
 
     profile = sub.add_parser("profile", help=cmd_profile.__doc__)
     profile.add_argument("user_id", help="customer id (or a device id linked to one)")
