@@ -100,7 +100,11 @@ class _EventPartition(StatefulSourcePartition[RawRecord, int]):
     def __init__(self, conf: dict[str, Any], topic: str, partition: int,
                  resume_offset: int | None, batch_size: int, stop_at_end: bool,
                  start_offset: int = OFFSET_BEGINNING) -> None:
-        self.consumer = Consumer(conf)
+        #: Set when the client lost the broker: the position is checked once it is back.
+        self.reconnected = False
+        self.check_after = 0.0
+        self.conf = conf
+        self.consumer = Consumer({**conf, "error_cb": self._on_client_error})
         self.topic = topic
         self.partition = partition
         self.batch_size = batch_size
@@ -122,6 +126,8 @@ class _EventPartition(StatefulSourcePartition[RawRecord, int]):
     def next_batch(self) -> list[RawRecord]:
         if STOP_READING.is_set() or self.at_end:
             raise StopIteration()
+        if self.reconnected:
+            self._check_position()
         # Never block the worker: it serves every partition and every step.
         # With nothing buffered, ask Bytewax to come back shortly instead.
         msgs = self.consumer.consume(self.batch_size, 0)
@@ -161,6 +167,55 @@ class _EventPartition(StatefulSourcePartition[RawRecord, int]):
             return
         pos = self.next_offset if self.next_offset >= 0 else 0
         metrics.CONSUMER_LAG.labels(self.label).set(max(0, high - pos))
+
+    def _on_client_error(self, err: KafkaError) -> None:
+        # librdkafka reconnects by itself; all we must do is look at the
+        # partition again once it has (see _check_position).
+        if err.code() in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN):
+            self.reconnected = True
+
+    def _check_position(self) -> None:
+        """After the broker went away: does the partition still reach our position?
+
+        Looked at twice a second until the broker answers for the partition,
+        so a recreated topic is seen before producers can refill it past us.
+        """
+        now = time.monotonic()
+        if now < self.check_after:
+            return
+        self.check_after = now + 0.5
+        try:
+            _, high = self.consumer.get_watermark_offsets(
+                TopicPartition(self.topic, self.partition), timeout=1.0)
+        except Exception:  # noqa: BLE001 - still away, or our metadata predates a new topic
+            high = -1
+        try:
+            if high < self.next_offset:
+                # A fresh client sees a recreated topic at once (ours learns of
+                # it minutes later), and a fetch to the end-of-partition is the
+                # only sure end on the embedded broker (see partition_end).
+                high = partition_end(self.conf, self.topic, self.partition, timeout=2.0)
+        except Exception:  # noqa: BLE001 - still away (or no topic yet): look again
+            return
+        self.reconnected = False
+        if high < self.next_offset:
+            self._restart_partition(high)
+
+    def _restart_partition(self, high: int) -> None:
+        """The partition ends before the position we reached: its log was lost.
+
+        Offsets never go back on a broker that keeps its log. Ending before
+        us means the topic was recreated (a broker that keeps data in memory
+        only, like the embedded one, restarted) or truncated: what it holds
+        now was never read, so it is read from its beginning. Events that
+        were in the old log and not yet read are gone with it.
+        """
+        log.error("%s[%d] ends at offset %d, before the position %d the engine reached: the "
+                  "topic was recreated or its log lost (broker restarted without its data?); "
+                  "reading it again from its beginning", self.topic, self.partition, high,
+                  self.next_offset)
+        self.next_offset = 0
+        self.consumer.assign([TopicPartition(self.topic, self.partition, OFFSET_BEGINNING)])
 
     def next_awake(self) -> datetime | None:
         return self.awake
@@ -228,15 +283,25 @@ def trigger_time_s(action: bytes) -> float | None:
         return None
 
 
+#: How long a batch keeps sending messages the broker refused before the engine stops.
+PRODUCE_RETRY_S = 300.0
+#: Refusals that sending again cannot cure: the engine stops on them at once.
+PERMANENT_PRODUCE_ERRORS = frozenset({
+    KafkaError.MSG_SIZE_TOO_LARGE,
+    KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+    KafkaError.INVALID_RECORD, KafkaError._INVALID_ARG,
+})
+
+
 class _ProducerPartition(StatelessSinkPartition[Emit]):
     def __init__(self, producer: Producer, latency_topic: str | None = None) -> None:
         self.producer = producer
         self.latency_topic = latency_topic
-        self.failed: list[str] = []
+        self.failed: list[tuple[Any, Any]] = []
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
         if err is not None:
-            self.failed.append(f"{msg.topic()}: {err}")
+            self.failed.append((err, msg))
 
     def write_batch(self, items: list[Emit]) -> None:
         produce = self.producer.produce
@@ -252,10 +317,43 @@ class _ProducerPartition(StatelessSinkPartition[Emit]):
         # the messages: nothing accepted is lost if we crash after this.
         self.producer.flush()
         if self.failed:
-            errors, self.failed = self.failed, []
-            raise RuntimeError("Kafka refused messages: " + "; ".join(errors[:5]))
+            self._resend_failed()
         if self.latency_topic is not None:
             self._observe_latency(items)
+
+    def _resend_failed(self) -> None:
+        """Send refused messages again until the broker takes them (or PRODUCE_RETRY_S passes).
+
+        librdkafka retries what it knows to be transient by itself; a broker
+        that restarts (and, like the embedded one, recreates its topics)
+        refuses some messages outright for a moment. The batch is not done
+        until every message is written, so none is lost; a message the
+        broker wrote but whose answer was lost is written twice, which the
+        deterministic ids of actions, audit records and profile changes let
+        consumers see.
+        """
+        deadline = time.monotonic() + PRODUCE_RETRY_S
+        delay = 0.1
+        while self.failed:
+            failed, self.failed = self.failed, []
+            permanent = [(e, m) for e, m in failed if e.code() in PERMANENT_PRODUCE_ERRORS]
+            if permanent or time.monotonic() > deadline:
+                errors = [f"{m.topic()}: {e}" for e, m in (permanent or failed)[:5]]
+                raise RuntimeError("Kafka refused messages: " + "; ".join(errors))
+            log.warning("Kafka refused %d message(s) (%s); sending them again in %.1fs",
+                        len(failed), failed[0][0], delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            for _, msg in failed:
+                while True:
+                    try:
+                        self.producer.produce(msg.topic(), msg.value(), msg.key(),
+                                              headers=msg.headers(),
+                                              on_delivery=self._on_delivery)
+                        break
+                    except BufferError:
+                        self.producer.poll(0.05)
+            self.producer.flush()
 
     def _observe_latency(self, items: list[Emit]) -> None:
         """End-to-end latency of the actions just acknowledged by the broker."""

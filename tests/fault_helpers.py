@@ -149,7 +149,7 @@ class PersistentRedis:
 
 def restart_broker(stack: DevStack, down_s: float = 0.0) -> None:
     """Kill the embedded broker and start a fresh one on the same port (its topics are gone)."""
-    broker = stack.procs[-1]
+    broker = next(p for p in stack.procs if p.args[0] == broker_binary())
     broker.kill()
     broker.wait()
     stack.procs.remove(broker)
