@@ -51,4 +51,15 @@ MSG
     exit 1
   fi
 fi
+# promtool (Debian's prometheus package) checks and unit-tests the alert rules
+# under monitoring/prometheus. Optional: without it those tests skip, saying why.
+if ! command -v promtool >/dev/null 2>&1 && [ "$(id -u)" = "0" ] \
+    && command -v apt-get >/dev/null 2>&1; then
+  echo ">> promtool not found: installing Debian's prometheus package (for the alert-rule tests)"
+  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus \
+    || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends prometheus)) >/dev/null 2>&1 \
+    || echo ">> could not install prometheus (promtool); its tests will be skipped" >&2
+  # The package may start a system Prometheus; the tests only use promtool.
+fi
 export PATH="$VENV/bin:$PATH"
