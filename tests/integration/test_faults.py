@@ -1,4 +1,4 @@
-"""Faults while events flow: Redis killed and restarted, the broker restarted.
+"""Faults while events flow: Redis killed and restarted, the broker restarted, fuzzed input.
 
 Each test runs a live ``engage run`` subprocess against a real broker and a
 real redis-server, breaks one of them mid-stream, and compares what the
@@ -8,19 +8,24 @@ engine left in Redis and Kafka with an undisturbed run of the same events.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import time
 from typing import Any
 
+import orjson
 import redis
 
 from engage.connectors.devstack import DevStack
-from engage.connectors.kafka import (ACTIONS_TOPIC, ALL_TOPICS, EVENTS_TOPIC, ensure_topics,
-                                     produce_all)
+from engage.connectors.kafka import (ACTIONS_TOPIC, ALL_TOPICS, DLQ_TOPIC, EVENTS_TOPIC,
+                                     ensure_topics, produce_all, read_topic)
+from engage.operators.parse import REASONS, DeadLetter, parse
+from engage.state.keys import state_key
 from engage.simulator.storefront import Storefront
 
 from fault_helpers import LiveEngine, PersistentRedis, readyz, restart_broker, wait_for
-from stack_helpers import state_snapshot, topic_docs
+from helpers import DAY, MIN, T0, doc
+from stack_helpers import produce, run_engine, state_snapshot, topic_docs
 
 #: Long enough for many failed writes and a not-ready /readyz; the code itself
 #: waits for Redis without limit (backoff capped at 2 s). The issue's 30 s:
@@ -124,3 +129,50 @@ def test_broker_restarted_mid_stream_the_engine_reconnects_and_resumes() -> None
     # those decided after it are there, with the ids an undisturbed run gives.
     assert actions and set(actions) <= set(calm_actions)
     assert "Traceback" not in output
+
+
+def _fuzzed_records(rng: random.Random, n: int) -> list[bytes]:
+    """Garbage and broken events: random bytes, truncated and mutated JSON, wrong field types."""
+    base = [orjson.dumps(doc("add_to_cart", T0 + i * MIN, f"c-f{i % 7}", sku=f"s{i}",
+                             category="lamp", price=10.0, quantity=1)) for i in range(n)]
+    out: list[bytes] = []
+    for i, raw in enumerate(base):
+        kind = i % 5
+        if kind == 0:
+            out.append(rng.randbytes(rng.randint(0, 60)))
+        elif kind == 1:
+            out.append(raw[:rng.randint(0, len(raw) - 1)])
+        elif kind == 2:
+            flipped = bytearray(raw)
+            for _ in range(rng.randint(1, 4)):
+                flipped[rng.randrange(len(flipped))] = rng.randrange(256)
+            out.append(bytes(flipped))
+        else:
+            event = orjson.loads(raw)
+            field = rng.choice(["event_id", "type", "ts", "user_id", "properties"])
+            event[field] = rng.choice([None, 7, -1.5, "", "x", [], {}, True, "1999-01-01T00:00:00Z"])
+            out.append(orjson.dumps(event))
+    return out
+
+
+def test_fuzzed_records_through_the_broker_all_reach_the_dlq_and_the_flow_goes_on(stack) -> None:
+    rng = random.Random(6)
+    fuzzed = _fuzzed_records(rng, 400)
+    tail = [doc("product_view", T0 + DAY + i * MIN, f"c-tail{i}", sku="s", category="lamp")
+            for i in range(20)]
+    produce(stack, [*fuzzed, *tail])
+    run_engine(stack)
+    # The engine's own verdict on each record is what the DLQ must show: a
+    # dead letter for every bad record, with its reason, bytes and origin.
+    now = int(time.time() * 1000)
+    expected_bad = sorted(raw for raw in fuzzed
+                          if isinstance(parse(raw, None, 0, 0, now, 300_000), DeadLetter))
+    assert len(expected_bad) > 300
+    dead = read_topic(stack.bootstrap, DLQ_TOPIC)
+    assert sorted(m.value() for m in dead) == expected_bad
+    for m in dead:
+        headers = dict(m.headers())
+        assert headers["engage.reason"].decode() in REASONS
+        assert headers["engage.source"].startswith(b"engage.events/")
+    client = redis.Redis.from_url(stack.redis_url)
+    assert all(client.exists(state_key(f"c-tail{i}")) for i in range(20))
