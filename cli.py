@@ -137,6 +137,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Throughput of the pipeline beside a per-event baseline and the raw consume rate."""
+    if args.scale:
+        from engage.benchmarks.scale import main as scale_main, parse_shapes  # noqa: PLC0415
+
+        return scale_main(parse_shapes(args.scale), events=args.events, customers=args.customers,
+                          write=args.write, repeat=args.repeat)
     from engage.benchmarks.bench import main as bench_main  # noqa: PLC0415
 
     return bench_main(events=args.events, customers=args.customers, write=args.write,
@@ -220,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--customers", type=int, default=20_000)
     bench.add_argument("--repeat", type=int, default=1, help="runs of each measurement (best kept)")
     bench.add_argument("--write", metavar="FILE", help="write the result table (markdown) here")
+    bench.add_argument("--scale", metavar="WxP,...",
+                       help="instead: the engine by workers per process x processes, "
+                            "e.g. 1x1,2x1,1x2,2x2 (each as `engage run --stop-at-end`)")
     bench.set_defaults(func=cmd_bench)
     return parser
 

@@ -24,7 +24,8 @@ MODULES = [
     "engage.operators.ingest",
     "engage.rules.expr", "engage.rules.templates", "engage.rules.model", "engage.rules.policy",
     "engage.rules.context", "engage.rules.decide",
-    "engage.simulator.storefront", "engage.connectors.kafka",
+    "engage.simulator.storefront", "engage.connectors.kafka", "engage.cluster",
+    "engage.benchmarks.scale",
 ]
 
 
