@@ -74,7 +74,11 @@ def prepare_recovery(settings: Settings) -> RecoveryConfig | None:
         return None
     path = Path(settings.recovery_dir)
     path.mkdir(parents=True, exist_ok=True)
-    if not any(path.glob("part-*.sqlite3")):
+    # Bytewax finds a cluster's partitions wherever some process has them,
+    # but each must exist once: in a cluster only process 0 creates them (a
+    # shared directory, or process 0's own disk).
+    member = bool(settings.addresses) and (settings.process_id or 0) > 0
+    if not member and not any(path.glob("part-*.sqlite3")):
         init_db_dir(path, max(1, settings.workers * settings.processes))
     return RecoveryConfig(str(path))
 
@@ -85,6 +89,9 @@ def engine_flow(settings: Settings, stop_at_end: bool = False, from_end: bool = 
     if not settings.kafka_bootstrap or not settings.redis_url:
         raise ValueError("ENGAGE_KAFKA_BOOTSTRAP and ENGAGE_REDIS_URL must be set "
                          "(or use `engage demo`, which starts both)")
+    if settings.addresses and not settings.lineage:
+        log.warning("a cluster process without ENGAGE_LINEAGE: unless every process reads the "
+                    "same recovery directory, set it to one id on all of them (see Scale-out)")
     line, boot = lineage(settings, from_end)
     bootstrap = (Bootstrap(make_loader(settings.redis_url), line, settings.state_config())
                  if boot else None)
