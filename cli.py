@@ -1,7 +1,7 @@
 """The ``engage`` command-line program.
 
 Sub-commands: ``run``, ``demo``, ``simulate``, ``profile``, ``forget``, ``rules validate`` (also
-``tags validate``), ``replay``, ``bench``. Each exits non-zero
+``tags validate``), ``replay``, ``models``, ``eval-churn``, ``bench``. Each exits non-zero
 with a one-line reason on bad input or configuration.
 """
 
@@ -128,6 +128,48 @@ def cmd_forget(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    """Show the churn and repurchase models (versions, labels, progressive AUC and log loss),
+    or reset, pin or unpin them in the running engine."""
+    import orjson  # noqa: PLC0415
+
+    from engage import model_admin  # noqa: PLC0415
+
+    try:
+        settings = _settings(args)
+        if args.op:
+            if not args.model:
+                print("engage models: name the model: churn_risk, repurchase_30d or all",
+                      file=sys.stderr)
+                return 2
+            request = model_admin.command(settings, args.model, args.op)
+            print(f"{args.op} {args.model}: request {request} sent to the engine (every customer "
+                  "shard applies it; `engage models` shows the new version within seconds)")
+            return 0
+        view = model_admin.status(settings)
+    except ValueError as exc:
+        print(f"engage models: {exc}", file=sys.stderr)
+        return 2
+    print(orjson.dumps(view, option=orjson.OPT_INDENT_2).decode() if args.json
+          else model_admin.render(view))
+    return 0
+
+
+def cmd_eval_churn(args: argparse.Namespace) -> int:
+    """Replay a customer_id,date,amount[,quantity] log through the churn and repurchase models;
+    print progressive AUC and log loss beside a recency baseline."""
+    from engage.eval_churn import config_for, run  # noqa: PLC0415
+    from engage.state.windows import parse_duration  # noqa: PLC0415
+
+    try:
+        cfg = config_for(args.models, parse_duration(args.horizon) if args.horizon else None,
+                         parse_duration(args.sample_every) if args.sample_every else None)
+    except ValueError as exc:
+        print(f"engage eval-churn: {exc}", file=sys.stderr)
+        return 2
+    return run(args.transactions, cfg, sys.stdout, sys.stderr, args.json)
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     """Run the engine over a JSON-lines file of events and print what it would do; sends nothing."""
     from engage.replay import main as replay_main  # noqa: PLC0415
@@ -145,7 +187,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from engage.benchmarks.bench import main as bench_main  # noqa: PLC0415
 
     return bench_main(events=args.events, customers=args.customers, write=args.write,
-                      repeat=args.repeat)
+                      repeat=args.repeat, with_models=not args.no_models)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -211,6 +253,29 @@ def build_parser() -> argparse.ArgumentParser:
     forget.add_argument("--kafka-bootstrap", dest="kafka_bootstrap")
     forget.set_defaults(func=cmd_forget)
 
+    models = sub.add_parser("models", help=cmd_models.__doc__)
+    models.add_argument("op", nargs="?", choices=("reset", "pin", "unpin"),
+                        help="reset: forget what was learnt (new generation); pin: keep scoring, "
+                             "stop learning; unpin: learn again")
+    models.add_argument("model", nargs="?", help="churn_risk, repurchase_30d or all")
+    models.add_argument("--json", action="store_true", help="machine-readable output")
+    models.add_argument("--redis-url", dest="redis_url")
+    models.add_argument("--kafka-bootstrap", dest="kafka_bootstrap")
+    models.set_defaults(func=cmd_models)
+
+    evaluate = sub.add_parser("eval-churn", help=cmd_eval_churn.__doc__)
+    evaluate.add_argument("--transactions", required=True, metavar="FILE.csv",
+                          help="a customer_id,date,amount[,quantity] log with a header row")
+    evaluate.add_argument("--models", default="logreg,tree",
+                          help="model kinds to compare, the first as the one shown "
+                               "(logreg, tree, forest; default logreg,tree)")
+    evaluate.add_argument("--horizon", help="churn horizon (default 90d)")
+    evaluate.add_argument("--sample-every", dest="sample_every",
+                          help="a customer becomes an example at most this often, and is scored "
+                               "this often while quiet (default 7d)")
+    evaluate.add_argument("--json", action="store_true", help="machine-readable output")
+    evaluate.set_defaults(func=cmd_eval_churn)
+
     replay = sub.add_parser("replay", help=cmd_replay.__doc__)
     replay.add_argument("--events", required=True, metavar="FILE",
                         help="contract events, one JSON object per line")
@@ -225,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--customers", type=int, default=20_000)
     bench.add_argument("--repeat", type=int, default=1, help="runs of each measurement (best kept)")
     bench.add_argument("--write", metavar="FILE", help="write the result table (markdown) here")
+    bench.add_argument("--no-models", dest="no_models", action="store_true",
+                       help="skip the churn models' cost (a second, year-long corpus)")
     bench.add_argument("--scale", metavar="WxP,...",
                        help="instead: the engine by workers per process x processes, "
                             "e.g. 1x1,2x1,1x2,2x2 (each as `engage run --stop-at-end`)")

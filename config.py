@@ -77,6 +77,13 @@ class Settings:
     rfm_monetary: tuple[str, ...] = ("200", "500", "1000", "3000")
     #: "thresholds" (the three above) or "population" (quintiles among live customers).
     rfm_scoring: str = "thresholds"
+    #: The churn and repurchase models (engage.models): on or off, the
+    #: classifier, the churn horizon (no purchase and no visit this long), and
+    #: how often a customer may become an example and is scored while quiet.
+    models: bool = True
+    model_kind: str = "logreg"
+    churn_horizon: str = "90d"
+    model_sample_every: str = "7d"
     #: Rebuild state from history without deciding anything: no rule runs,
     #: no action or audit record is written (e.g. a first run over old events).
     backfill: bool = False
@@ -134,7 +141,7 @@ class Settings:
         """Raise ValueError naming the first bad setting."""
         for name in ("snapshot_interval", "state_flush_interval", "lateness", "max_future_skew", "idle_partition_after",
                      "cart_abandon_after", "inactive_ttl", "rules_reload_interval", "new_for",
-                     "declining_after", "lost_after"):
+                     "declining_after", "lost_after", "churn_horizon", "model_sample_every"):
             try:
                 parse_duration(getattr(self, name))
             except ValueError as exc:
@@ -168,6 +175,16 @@ class Settings:
         if profile.rfm_window not in {w.name for w in state.spend.windows}:
             raise ValueError(f"setting spend_windows: must include {profile.rfm_window!r} "
                              "(RFM and tiers are computed over it)")
+        from engage.models.online import KINDS  # noqa: PLC0415 - river loads lazily
+
+        if self.model_kind not in KINDS:
+            raise ValueError(f"setting model_kind: {self.model_kind!r} is not one of "
+                             f"{', '.join(KINDS)}")
+        if self.ms("model_sample_every") < 3_600_000:
+            raise ValueError("setting model_sample_every: must be at least 1h "
+                             "(it bounds the examples kept per customer)")
+        if self.ms("churn_horizon") < self.ms("model_sample_every"):
+            raise ValueError("setting churn_horizon: must be at least model_sample_every")
         if self.ms("lost_after") <= self.ms("declining_after"):
             raise ValueError("setting lost_after: must be longer than declining_after")
 
@@ -177,6 +194,16 @@ class Settings:
                                            list(self.tiers), list(self.rfm_recency_days),
                                            list(self.rfm_frequency), list(self.rfm_monetary),
                                            self.rfm_scoring)
+
+    def model_config(self) -> Any:
+        """The models' configuration (a ModelConfig), or None when they are off."""
+        if not self.models:
+            return None
+        from engage.models.keeper import ModelConfig  # noqa: PLC0415
+
+        return ModelConfig(kind=self.model_kind, churn_horizon_ms=self.ms("churn_horizon"),
+                           sample_every_ms=self.ms("model_sample_every"),
+                           rfm_window=self.profile_config().rfm_window)
 
     def state_config(self) -> StateConfig:
         """The per-customer state layout these settings ask for."""

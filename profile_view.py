@@ -88,6 +88,9 @@ def derived_view(settings: Settings, state: CustomerState, ref: int) -> dict[str
         "tags": [{"name": t, "since": iso(ts)} for t, ts in sorted(d.get("tags", {}).items())],
         "scores": {name: d.get("scores", {}).get(name, [None])[0]
                    for name in ("churn_risk", "repurchase_30d")},
+        # Which model gave each score, and when (event time of the prediction point).
+        "models": {name: {"version": entry[2], "scored_at": iso(entry[1])}
+                   for name, entry in sorted(d.get("scores", {}).items()) if len(entry) > 2},
     }
 
 
@@ -127,7 +130,10 @@ def render(view: dict[str, Any]) -> str:
                          f"{segment['name']} (since {segment['since'] or '-'})")
         tags = ", ".join(f"{t['name']} (since {t['since']})" for t in view["tags"])
         lines.append(f"tags      {tags or '-'}")
-        scores = ", ".join(f"{k}={v}" for k, v in view["scores"].items() if v is not None)
+        models = view.get("models", {})
+        scores = ", ".join(
+            f"{k}={v}" + (f" ({models[k]['version']}, {models[k]['scored_at']})" if k in models else "")
+            for k, v in view["scores"].items() if v is not None)
         lines.append(f"scores    {scores or '- (no model yet)'}")
     return "\n".join(lines)
 

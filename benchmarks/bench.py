@@ -18,6 +18,14 @@
 All three read the same records from the same embedded (or configured)
 broker, so the numbers are comparable. Also reports Redis memory per
 customer after the catalog run (profile, tags and membership sets included).
+
+The churn and repurchase models are off in the rows above (they are the
+spine's and the rules' numbers) and measured apart: their cost shows only
+once labels come due, 30 and 90 days after each prediction point, and the
+main corpus spans about a day of event time. So :func:`models_cost` plays a
+second corpus spread over a year, through the engine with the models off
+and on, and reports both rates, the cost per event, and how many prediction
+points and labels the models handled.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from datetime import timedelta
 from datetime import datetime, timezone
 from typing import Any
 
+import orjson
 import redis
 from bytewax.testing import run_main
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
@@ -175,16 +184,48 @@ def redis_footprint(redis_url: str, empty_bytes: int) -> dict[str, float]:
             "memberships": member_bytes / n}
 
 
+def models_cost(events: int, customers: int, repeat: int = 1) -> dict[str, float]:
+    """The engine (spine rule, recovery on) over a year of events, models off and on.
+
+    Own broker and Redis: a separate corpus, ``events`` spread over 365 days
+    of event time, so that labels come due and the models learn.
+    """
+    with DevStack(event_partitions=Settings().event_partitions) as stack:
+        base = Settings.load({"kafka_bootstrap": stack.bootstrap, "redis_url": stack.redis_url,
+                              "recovery_dir": "", "metrics_port": 0, "rules": SPINE_RULES}, {})
+        year_ms = 365 * 86_400_000
+        shop = Storefront(seed=7, customers=customers, mean_gap_ms=year_ms // events,
+                          start_ms=int(time.time() * 1000) - year_ms - 86_400_000)
+        print(f"producing {events} events over a year for the models' cost ...", flush=True)
+        produce_all(stack.bootstrap, EVENTS_TOPIC, shop.events(events))
+        client = redis.Redis.from_url(stack.redis_url)
+        out: dict[str, float] = {"events": events}
+        for _ in range(repeat):
+            client.flushdb()
+            out["off"] = max(out.get("off", 0), engine(replace(base, models=False), events)[0])
+            client.flushdb()
+            out["on"] = max(out.get("on", 0), engine(replace(base, models=True), events)[0])
+        summaries = [orjson.loads(v) for v in client.mget(list(client.scan_iter("engage:model:*")))]
+        out["points"] = sum(s["churn_risk"].get("points", 0) for s in summaries)
+        out["labels"] = sum(s[m]["validation"]["n"] for s in summaries
+                            for m in ("churn_risk", "repurchase_30d"))
+    out["us_per_event"] = (1 / out["on"] - 1 / out["off"]) * 1e6
+    return out
+
+
 def main(events: int = 300_000, customers: int = 20_000, write: str | None = None,
-         repeat: int = 1, baseline_events: int = 30_000, sessions: int = 1000) -> int:
+         repeat: int = 1, baseline_events: int = 30_000, sessions: int = 1000,
+         with_models: bool = True) -> int:
     """Run every measurement and print (and optionally write) the table."""
-    settings = Settings.load({"recovery_dir": "", "metrics_port": 0, "rules": SPINE_RULES})
+    settings = Settings.load({"recovery_dir": "", "metrics_port": 0, "rules": SPINE_RULES,
+                              "models": False})
     stack = None
     if not (settings.kafka_bootstrap and settings.redis_url):
         stack = DevStack(event_partitions=settings.event_partitions)
         stack.start()
         settings = Settings.load({"kafka_bootstrap": stack.bootstrap, "redis_url": stack.redis_url,
-                                  "recovery_dir": "", "metrics_port": 0, "rules": SPINE_RULES})
+                                  "recovery_dir": "", "metrics_port": 0, "rules": SPINE_RULES,
+                                  "models": False})
     catalog = replace(settings, rules=str(CATALOG_DIR))
     # The same rules without the profile's tag definitions: what the rules cost, apart.
     rules_only = replace(settings, rules=",".join(
@@ -221,7 +262,8 @@ def main(events: int = 300_000, customers: int = 20_000, write: str | None = Non
     finally:
         if stack is not None:
             stack.stop()
-    table = render(rows, events, customers, subset, footprint)
+    models = models_cost(min(events, 200_000), customers, repeat) if with_models else None
+    table = render(rows, events, customers, subset, footprint, models)
     print(table)
     if write:
         with open(write, "a", encoding="utf-8") as fh:
@@ -233,7 +275,7 @@ TAG_NOTE = "8 tags and preference tags, membership sets"
 
 
 def render(rows: dict[str, float], events: int, customers: int, subset: int,
-           footprint: dict[str, float]) -> str:
+           footprint: dict[str, float], models: dict[str, float] | None = None) -> str:
     """The result as a markdown section."""
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     engine_rate = rows["engine"]
@@ -269,4 +311,14 @@ def render(rows: dict[str, float], events: int, customers: int, subset: int,
         f"membership sets with their index {footprint['memberships']:,.0f}.",
         "",
     ]
+    if models is not None:
+        lines += [
+            f"Churn and repurchase models (a second corpus: {models['events']:,.0f} events over "
+            f"365 days of event time; spine rule, recovery on): models off "
+            f"{models['off']:,.0f} events/s, **models on {models['on']:,.0f} events/s** "
+            f"({models['on'] / models['off']:.0%}); {models['points']:,.0f} prediction points "
+            f"scored and {models['labels']:,.0f} labels learnt; cost "
+            f"{models['us_per_event']:.1f} µs per event on average.",
+            "",
+        ]
     return "\n".join(lines)

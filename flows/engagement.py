@@ -88,6 +88,8 @@ def build_flow(settings: Settings, source: FixedPartitionedSource[RawRecord, Any
         rules=rules,
         profile=settings.profile_config(),
         tags=tags,
+        models=settings.model_config(),
+        customer_shards=settings.customer_shards,
     )
     if contact is None:
         from engage.state.contact import MemoryLedger  # noqa: PLC0415

@@ -66,3 +66,20 @@ ERASURES = Counter("engage_erasures_total",
 PROFILE_CHANGES = Counter("engage_profile_changes_total",
                           "Profile changes published (stage, tier, segment, tags), by kind.",
                           ["kind"])
+
+# The churn and repurchase models (engage.models): gauges over every customer
+# shard of this process; label ``model`` is churn_risk or repurchase_30d.
+MODEL_AUC = Gauge("engage_model_auc",
+                  "Progressive ROC AUC of the model's scores, each given before its label was known.",
+                  ["model"])
+MODEL_LOG_LOSS = Gauge("engage_model_log_loss", "Progressive mean log loss of the model's scores.",
+                       ["model"])
+MODEL_BASELINE_AUC = Gauge("engage_model_baseline_auc",
+                           "Progressive ROC AUC of the recency baseline (days since the last "
+                           "purchase) on the same labels.", ["model"])
+MODEL_LABELS = Gauge("engage_model_labels", "Labels that have come due (their horizon passed).",
+                     ["model"])
+MODEL_LEARNED = Gauge("engage_model_learned", "Labels the model learnt from (not while pinned).",
+                      ["model"])
+MODEL_PINNED = Gauge("engage_model_pinned", "1 while the model is pinned (scores, learns nothing).",
+                     ["model"])

@@ -26,7 +26,7 @@ from engage.events import Event
 from engage.monitoring import metrics
 from engage.operators.event_time import NO_WATERMARK, PartitionClock
 from engage.operators.parse import DeadLetter, parse
-from engage.operators.records import Forget, RawRecord
+from engage.operators.records import Forget, ModelCommand, RawRecord
 
 Now = Callable[[], float]
 log = logging.getLogger(__name__)
@@ -91,11 +91,13 @@ class IngestSource(FixedPartitionedSource[Any, Any]):
                                 self.max_future_ms, self.now)
 
 
-def parse_control(value: bytes | None) -> Forget | None:
+def parse_control(value: bytes | None) -> Forget | ModelCommand | None:
     """A control message, or None (logged) when it is not one we know.
 
     >>> parse_control(b'{"forget": "c-1", "request_id": "r-1"}')
     Forget(customer='c-1', request_id='r-1')
+    >>> parse_control(b'{"model": "churn_risk", "op": "pin", "request_id": "r-2"}')
+    ModelCommand(model='churn_risk', op='pin', request_id='r-2')
     """
     try:
         doc = orjson.loads(value or b"")
@@ -104,7 +106,11 @@ def parse_control(value: bytes | None) -> Forget | None:
     if isinstance(doc, dict) and isinstance(doc.get("forget"), str) and doc["forget"] \
             and isinstance(doc.get("request_id"), str):
         return Forget(doc["forget"], doc["request_id"])
-    log.warning("ignored a control message that is not a forget request: %r", (value or b"")[:200])
+    if isinstance(doc, dict) and doc.get("model") in ("churn_risk", "repurchase_30d", "all") \
+            and doc.get("op") in ("reset", "pin", "unpin") and isinstance(doc.get("request_id"), str):
+        return ModelCommand(doc["model"], doc["op"], doc["request_id"])
+    log.warning("ignored a control message that is neither a forget request nor a model "
+                "command: %r", (value or b"")[:200])
     return None
 
 
@@ -126,7 +132,7 @@ class _ControlPartition(StatefulSourcePartition[Any, Any]):
 
 
 class ControlSource(FixedPartitionedSource[Any, Any]):
-    """:class:`~engage.operators.records.Forget` requests from raw control records."""
+    """Erasure requests and model commands from raw control records."""
 
     def __init__(self, inner: FixedPartitionedSource[RawRecord, Any]) -> None:
         self.inner = inner

@@ -88,3 +88,14 @@ class Forget(NamedTuple):
 
     customer: str
     request_id: str
+
+
+class ModelCommand(NamedTuple):
+    """``engage models reset|pin|unpin NAME``, read from the control topic.
+
+    Broadcast to every customer shard: each holds its own replica of the models.
+    """
+
+    model: str       # churn_risk, repurchase_30d or all
+    op: str          # reset, pin, unpin
+    request_id: str

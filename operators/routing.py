@@ -11,7 +11,7 @@ import zlib
 from typing import Any
 
 from engage.events import Event
-from engage.operators.records import Forget, Merge, Tick
+from engage.operators.records import Forget, Merge, ModelCommand, Tick
 
 LINKING_TYPES = frozenset({"login", "register"})
 
@@ -89,7 +89,8 @@ class Router:
         return list(bundles.items())
 
     def to_customers(self, items: list[Any]) -> Bundles:
-        """Events that already name their customer (time reaches customers via identity)."""
+        """Events that already name their customer (time reaches customers via identity),
+        erasure requests for the customer's shard, model commands for every shard."""
         n = self.customer_shards
         bundles: dict[str, list[Any]] = {}
         for x in items:
@@ -97,6 +98,9 @@ class Router:
                 _bundle(bundles, shard_of(x.user_id or "", n)).append(x)
             elif type(x) is Forget:
                 _bundle(bundles, shard_of(x.customer, n)).append(x)
+            elif type(x) is ModelCommand:
+                for k in self.customer_keys:   # every shard keeps a replica
+                    _bundle(bundles, k).append(x)
         return list(bundles.items())
 
     def identity_sources(self, partitions: list[int]) -> tuple[tuple[int, int], ...]:

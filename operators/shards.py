@@ -23,6 +23,7 @@ from __future__ import annotations
 import heapq
 import logging
 import pickle
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
@@ -33,15 +34,21 @@ from engage.events import Event, anon_key
 from engage.monitoring import metrics
 from engage.operators.event_time import NO_WATERMARK, Watermark
 from engage.rules.decide import mark
-from engage.operators.records import Emit, Forget, Merge, StateWrites, Tick
+from engage.operators.records import Emit, Forget, Merge, ModelCommand, StateWrites, Tick
+from engage.operators.routing import shard_of
 from engage.state.customer import CustomerState, StateConfig
-from engage.state.keys import base_key, contact_keys, id_digest, link_key, state_key
+from engage.state.keys import (base_key, contact_keys, id_digest, link_key, model_key,
+                               state_key)
 from engage.state.profile import Population, memberships
 
 log = logging.getLogger(__name__)
 CLOCK_STEP_MS = 60_000
 #: Timer kind of the profile's own timer (the rule runner's kinds are single letters too).
 PROFILE_TIMER = "p"
+#: Timer kind of the models' timer (prediction ticks, labels coming due).
+MODEL_TIMER = "m"
+#: Write the models' summary to Redis at most this often (wall clock), and at the end.
+MODEL_SUMMARY_EVERY_S = 10.0
 #: What Bytewax's StatefulBatchLogic.RETAIN means: keep the shard after this call.
 RETAIN = False
 
@@ -78,6 +85,10 @@ class ShardConfig:
     #: Tag definitions when no rules run (backfill): a RuleBook, or None.
     tags: Any = None
     profile_topic: str = "engage.profile_changes"
+    #: The churn and repurchase models (a ModelConfig); None keeps no models.
+    models: Any = None
+    #: Customer shards in the flow (a shard works out its own number from a key).
+    customer_shards: int = 32
 
 
 def runner_in_force(cfg: ShardConfig, current: Any) -> Any:
@@ -394,6 +405,16 @@ class CustomerShard(_Shard):
         self.population: Any = None
         if cfg.profile is not None and cfg.profile.rfm_scoring == "population":
             self.population = Population()
+        # Each shard learns its own replica of the models from its customers:
+        # learning stays in event-time order, hence deterministic, and is
+        # snapshotted with the customers it learnt from.
+        self.keeper: Any = None
+        if cfg.models is not None:
+            from engage.models.keeper import ModelKeeper  # noqa: PLC0415 - not compiled
+
+            self.keeper = ModelKeeper(cfg.models, cfg.state)
+        self.shard_no = -1
+        self.summary_at = float("-inf")
         super().__init__(cfg, resume, bootstrap)
         self._runner()
         self._profiler()
@@ -403,11 +424,14 @@ class CustomerShard(_Shard):
         self.pending = snap.get("pending", {})
         if self.population is not None and snap.get("population") is not None:
             self.population = snap["population"]
+        if self.keeper is not None and snap.get("models") is not None:
+            self.keeper.restore(snap["models"])
 
     def _snapshot_dict(self) -> dict[str, Any]:
         snap = super()._snapshot_dict()
         snap["pending"] = self.pending
         snap["population"] = self.population
+        snap["models"] = self.keeper.snapshot() if self.keeper is not None else None
         return snap
 
     def _drop(self, key: str) -> None:
@@ -446,7 +470,7 @@ class CustomerShard(_Shard):
         out: list[Any] = []
         if self.bootstrap is not None:
             self._prefetch((i.user_id or "") if type(i) is Event else i.customer
-                           for i in items if type(i) is not Tick)
+                           for i in items if type(i) is not Tick and type(i) is not ModelCommand)
         for item in items:
             kind = type(item)
             if kind is Event:
@@ -463,6 +487,8 @@ class CustomerShard(_Shard):
                 self._hold(item, item.ts, -1, (item.partition << 40) + item.offset)
             elif kind is Forget:
                 self._forget(item, out)
+            elif kind is ModelCommand:
+                self._command(item)
         self._advance(out)
         self._flush(out)
         metrics.PENDING_TIMERS.labels(self.step).set(len(self.timers))
@@ -492,10 +518,20 @@ class CustomerShard(_Shard):
             if item.late:
                 metrics.LATE_EVENTS.inc()
             else:
+                # Scores first: rules and tags deciding on this event read them.
+                rescored = False
+                if self.keeper is not None:
+                    if self.shard_no < 0:
+                        self.shard_no = int(shard_of(key, self.cfg.customer_shards))
+                    rescored, due = self.keeper.on_event(state, item)
+                    if due is not None:
+                        timers.append((due, key, MODEL_TIMER, ""))
                 if runner is not None and item.type in runner.relevant:
                     runner.on_event(state, item, timers, out)
-                if profiler is not None and profiler.relevant(state, item.type):
-                    self._profile(state, item.ts, {"event_id": item.event_id}, timers, out, item)
+                if profiler is not None and (profiler.relevant(state, item.type) or (
+                        rescored and profiler.tags_on_scores)):
+                    self._profile(state, item.ts, {"event_id": item.event_id}, timers, out, item,
+                                  rescored)
         else:
             key = item.customer
             state = self._state(key)
@@ -525,14 +561,21 @@ class CustomerShard(_Shard):
         metrics.ERASURES.labels(self.step).inc()
         log.info("erasure %s: customer dropped", request.request_id)
 
+    def _command(self, command: ModelCommand) -> None:
+        """``engage models reset|pin|unpin``: applied to this shard's replica."""
+        if self.keeper is not None and self.keeper.command(command.model, command.op):
+            self.summary_at = float("-inf")   # show it at the next flush
+            log.info("model command %s: %s %s", command.request_id, command.op, command.model)
+
     def _profile(self, state: CustomerState, as_of: int, cause: dict[str, Any],
-                 timers: list[Any], out: list[Any], event: Event | None = None) -> None:
+                 timers: list[Any], out: list[Any], event: Event | None = None,
+                 rescored: bool = False) -> None:
         """Bring ``state``'s profile to ``as_of``: publish its changes, let rules react,
         and keep its timer armed at the next moment time alone may change it."""
         profiler = self.profiler
         runner = self.runner if self.cfg.rules is not None else None
         key = state.key
-        changes, due = profiler.refresh(state, as_of, cause, event)
+        changes, due = profiler.refresh(state, as_of, cause, event, rescored)
         if changes:
             self.members_dirty.add(key)
         for change in changes:
@@ -578,6 +621,20 @@ class CustomerShard(_Shard):
             if state is None:
                 continue
             fresh: list[Any] = []
+            if (MODEL_TIMER, "") in due_now:
+                due_now = [t for t in due_now if t[0] != MODEL_TIMER]
+                rescored, arm = self.keeper.on_timer(state, due)
+                if arm is not None:
+                    fresh.append((arm, key, MODEL_TIMER, ""))
+                # Labels learnt changed the customer's pending examples: the
+                # snapshot must take them, though the Redis document is as it was.
+                self.changed.add(key)
+                if rescored:
+                    self.dirty.add(key)
+                    # Predictive tags follow the new scores (and the profile is
+                    # brought to this moment on the way).
+                    if self.profiler is not None and self.profiler.tags_on_scores:
+                        self._profile(state, due, {"time": True}, fresh, out, None, True)
             if (PROFILE_TIMER, "") in due_now:
                 due_now = [t for t in due_now if t[0] != PROFILE_TIMER]
                 # Only the latest armed one counts; earlier ones were superseded.
@@ -593,12 +650,45 @@ class CustomerShard(_Shard):
         self._expire(out)
 
     def _flush(self, out: list[Any], force: bool = False) -> None:
+        if self.keeper is not None and self.shard_no >= 0:
+            now = time.monotonic()
+            if force or now - self.summary_at >= MODEL_SUMMARY_EVERY_S:
+                self.summary_at = now
+                summary = self.keeper.summary()
+                self.writes[model_key(self.shard_no)] = orjson.dumps(summary)
+                publish_models(self.shard_no, summary)
         horizon = self.watermark.value - self.cfg.state.cart_abandon_after_ms
         for key in self.dirty:
             state = self.states.get(key)
             if state is not None and state.cart.checkouts:
                 state.cart.compact(horizon)
         super()._flush(out, force)
+
+
+#: The latest model summary of each customer shard in this process, for the
+#: gauges; shards on several worker threads publish, hence the lock.
+_MODEL_SUMMARIES: dict[int, dict[str, Any]] = {}
+_MODEL_LOCK = threading.Lock()
+
+
+def publish_models(shard_no: int, summary: dict[str, Any]) -> None:
+    """Set the model gauges from the summaries of every shard in this process."""
+    from engage.models.online import merged  # noqa: PLC0415 - not compiled
+
+    with _MODEL_LOCK:
+        _MODEL_SUMMARIES[shard_no] = summary
+        every = list(_MODEL_SUMMARIES.values())
+    for name in summary:
+        m = merged(s[name] for s in every if name in s)
+        metrics.MODEL_LABELS.labels(name).set(m["labels"])
+        metrics.MODEL_LEARNED.labels(name).set(m["learned"])
+        metrics.MODEL_PINNED.labels(name).set(1 if m["pinned"] else 0)
+        if m["auc"] is not None:
+            metrics.MODEL_AUC.labels(name).set(m["auc"])
+        if m["log_loss"] is not None:
+            metrics.MODEL_LOG_LOSS.labels(name).set(m["log_loss"])
+        if m["baseline_auc"] is not None:
+            metrics.MODEL_BASELINE_AUC.labels(name).set(m["baseline_auc"])
 
 
 class DeviceLinks:

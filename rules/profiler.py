@@ -81,13 +81,15 @@ class Profiler:
         self.tags_always: list[TagDef] = []
         #: Tags reading the stage, tier or segment: evaluated when one changes.
         self.tags_on_views: list[TagDef] = []
+        #: Tags reading the models' scores: evaluated when a score changes.
+        self.tags_on_scores: list[TagDef] = []
         #: Whether a tag reads a day count (days_since_*): the profile then
         #: wakes up whenever one of them turns over.
         self.daily = False
         self.tag_ids = frozenset(t.id for t in self.tags)
         for tag in self.tags:
             types: set[str] = set()
-            always = views = False
+            always = views = scored = False
             for name in _reads(tag.when.tree):
                 if name.startswith("days_since_"):
                     self.daily = True
@@ -98,8 +100,10 @@ class Profiler:
                     self.spend_windows.add(name[6:])
                 elif name in ("stage", "segment", "tier"):
                     views = True
-                elif name in ("churn_risk", "repurchase_30d", "user_id"):
-                    pass   # written by the models (they refresh the profile), or constant
+                elif name in ("churn_risk", "repurchase_30d"):
+                    scored = True   # the models refresh the profile when a score changes
+                elif name == "user_id":
+                    pass
                 else:
                     etype, _, window = name.rpartition("_")
                     if etype and window in counts:
@@ -113,6 +117,8 @@ class Profiler:
                 self.tags_after.setdefault(etype, []).append(tag)
             if views:
                 self.tags_on_views.append(tag)
+            if scored:
+                self.tags_on_scores.append(tag)
         #: Event types after which the profile may change without time passing
         #: (others only move the last visit, which matters to a dormant customer).
         self.types = frozenset(set(ORDER_TYPES) | set(self.weights) | set(self.tags_after)
@@ -195,12 +201,14 @@ class Profiler:
                      state.last_order_ts, orders, spend)
 
     def refresh(self, state: CustomerState, as_of: int, cause: dict[str, Any],
-                event: Event | None = None) -> tuple[list[dict[str, Any]], int | None]:
+                event: Event | None = None,
+                rescored: bool = False) -> tuple[list[dict[str, Any]], int | None]:
         """Bring the profile to ``as_of``; returns the changes, and a time to arm the
         profile's timer at (None: the one armed still holds).
 
         ``event``: the event just applied that prompted it (None: time, or a
         merge), so that only what that event can change is derived again.
+        ``rescored``: the models' scores changed, so predictive tags are due too.
         """
         etype = event.type if event is not None else None
         touched = self.learn(state, event) if event is not None else set()
@@ -239,7 +247,7 @@ class Profiler:
             # R, F and M themselves are not stored: they follow from the state at
             # any time (engage profile derives them), only the segment is news.
         tags = self._tags(state, as_of, etype if not (full and views_changed) else None,
-                          views_changed, touched)
+                          views_changed, touched, rescored)
         old_tags: dict[str, int] = before["tags"]
         tags_changed = tags != old_tags.keys()
         if tags_changed:
@@ -324,7 +332,7 @@ class Profiler:
                 for tag in state.derived.get("tags", ()) if tag in scores]
 
     def _tags(self, state: CustomerState, as_of: int, etype: str | None, views_changed: bool,
-              touched: set[str]) -> set[str]:
+              touched: set[str], rescored: bool = False) -> set[str]:
         """The tags that hold at ``as_of``: those ``etype`` can change evaluated
         again (all of them for ``None``), the others as they were.
 
@@ -342,6 +350,8 @@ class Profiler:
             todo = self.tags_after.get(etype, []) + self.tags_always
             if views_changed:
                 todo += self.tags_on_views
+            if rescored:
+                todo += self.tags_on_scores
         if todo:
             ctx = Context(state, self.cfg, as_of)
             for tag in todo:

@@ -104,7 +104,8 @@ class CustomerState:
         self.armed: dict[str, int] = {}           # schedule rule id -> due time armed
         # The profile derived from all of the above (engage.state.profile):
         # stage/tier/segment -> [name, since], tags -> {tag: since}, prefs
-        # (preference scores), scores (the models'), due (its next timer).
+        # (preference scores), scores (the models'), due (its next timer),
+        # ml (the models' bookkeeping: engage.models.keeper).
         self.derived: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ updates
@@ -325,9 +326,11 @@ class CustomerState:
         if self.fired:
             doc["rules"] = self.fired
         if self.derived:
-            # The profile timer's due time and the customer's share of the shard's
-            # population are the shard's business (snapshots keep them).
-            doc["derived"] = {k: v for k, v in self.derived.items() if k not in ("due", "pop")}
+            # The profile timer's due time, the customer's share of the shard's
+            # population and the models' pending examples are the shard's
+            # business (snapshots keep them); the scores themselves are shown.
+            doc["derived"] = {k: v for k, v in self.derived.items()
+                              if k not in ("due", "pop", "ml")}
         return doc
 
     @staticmethod

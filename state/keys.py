@@ -80,3 +80,15 @@ def id_digest(some_id: str) -> str:
 
 ERASURES_KEY = f"{PREFIX}:erasures"
 """List of erasure records (request id, when, how many keys): no customer data."""
+
+
+def model_key(shard: int) -> str:
+    """One customer shard's model summary (versions, labels, validation): ``engage models`` reads them all.
+
+    >>> model_key(3)
+    'engage:model:3'
+    """
+    return f"{PREFIX}:model:{shard}"
+
+
+MODEL_PATTERN = f"{PREFIX}:model:*"

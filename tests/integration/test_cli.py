@@ -52,7 +52,11 @@ def test_profile_shows_the_merged_customer_view(stack) -> None:
     assert view_doc["rfm"]["recency_days"] == 0 and view_doc["rfm"]["scores"]["r"] == 5
     assert view_doc["segment"]["name"] == "develop_new"
     assert isinstance(view_doc["tags"], list)
-    assert view_doc["scores"] == {"churn_risk": None, "repurchase_30d": None}
+    # The models scored the customer (untrained: one half), and say which model version did.
+    assert set(view_doc["scores"]) == {"churn_risk", "repurchase_30d"}
+    assert all(0.0 <= v <= 1.0 for v in view_doc["scores"].values())
+    assert view_doc["models"]["churn_risk"]["version"].startswith("logreg-")
+    assert "churn_risk=" in text.stdout and "logreg-" in text.stdout
     assert "stage     new" in text.stdout and "segment develop_new" in text.stdout
     # A device id finds its customer too.
     assert orjson.loads(engage("profile", "d-7", "--json", env=env).stdout)["customer"] == "c-7"

@@ -25,7 +25,8 @@ MODULES = [
     "engage.rules.expr", "engage.rules.templates", "engage.rules.model", "engage.rules.policy",
     "engage.rules.context", "engage.rules.decide",
     "engage.simulator.storefront", "engage.connectors.kafka", "engage.cluster",
-    "engage.benchmarks.scale",
+    "engage.benchmarks.scale", "engage.models.features", "engage.models.online",
+    "engage.simulator.churners",
 ]
 
 

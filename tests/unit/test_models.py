@@ -1,0 +1,221 @@
+"""The churn and repurchase models: validation, delayed labels, no future in features, quality."""
+
+from __future__ import annotations
+
+import heapq
+import io
+import random
+from typing import Any
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from engage.eval_churn import LogError, config_for, evaluate, read_log
+from engage.events import Event
+from engage.models.features import DAY_MS, features
+from engage.models.keeper import CHURN, REPURCHASE, ModelConfig, ModelKeeper
+from engage.models.online import Validation, _bin
+from engage.simulator.churners import population
+from engage.state.customer import CustomerState, StateConfig
+
+CFG = StateConfig.default()
+T0 = 1_767_225_600_000   # 2026-01-01
+
+
+def exact_auc(pairs: list[tuple[bool, float]]) -> float | None:
+    pos = [s for y, s in pairs if y]
+    neg = [s for y, s in pairs if not y]
+    if not pos or not neg:
+        return None
+    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.floats(0, 1)), max_size=60),
+       st.integers(0, 60))
+def test_validation_auc_is_exact_on_bins_and_merges_like_one_stream(
+        pairs: list[tuple[bool, float]], cut: int) -> None:
+    whole, left, right = Validation(), Validation(), Validation()
+    for i, (y, p) in enumerate(pairs):
+        whole.update(y, p)
+        (left if i < cut else right).update(y, p)
+    assert whole.auc() == exact_auc([(y, _bin(p)) for y, p in pairs])
+    left.merge(right)
+    assert left.auc() == whole.auc() and left.n == whole.n
+    assert left.loss == pytest.approx(whole.loss)
+
+
+def order(cid: str, ts: int, n: int, amount: float = 100.0) -> Event:
+    return Event(f"e-{n}", "order_paid", ts, cid, None, "web", {"order_id": f"o-{n}", "amount": amount})
+
+
+def view(cid: str, ts: int, n: int) -> Event:
+    return Event(f"e-{n}", "product_view", ts, cid, None, "web", {"sku": "S", "category": "sofa"})
+
+
+class RecordingKeeper(ModelKeeper):
+    """Remembers every label learnt: whose, for which moment, when, and what."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg, CFG)
+        self.learnt: list[tuple[str, str, int, int, bool]] = []   # (model, customer, t, now, label)
+        self.now, self.who = 0, ""
+
+    def _labels(self, state: CustomerState, ml: dict[str, Any], now: int) -> None:
+        self.now, self.who = now, state.key
+        super()._labels(state, ml, now)
+
+    def _learn(self, name: str, t: int, x: list[float], label: bool, scored: list[float]) -> None:
+        self.learnt.append((name, self.who, t, self.now, label))
+        super()._learn(name, t, x, label, scored)
+
+
+def drive(keeper: ModelKeeper, events: list[Event],
+          applied: list[Event] | None = None) -> dict[str, CustomerState]:
+    """Events and model timers in event-time order, as a customer shard runs them
+    (``applied``: the events applied so far, in order)."""
+    states: dict[str, CustomerState] = {}
+    timers: list[tuple[int, str]] = []
+
+    def fire(until: int) -> None:
+        while timers and timers[0][0] < until:
+            due, key = heapq.heappop(timers)
+            _, arm = keeper.on_timer(states[key], due)
+            if arm is not None:
+                heapq.heappush(timers, (arm, key))
+
+    for e in sorted(events, key=lambda e: e.ts):
+        fire(e.ts)
+        state = states.setdefault(e.user_id or "", CustomerState(e.user_id or "", CFG))
+        state.apply(e, CFG)
+        if applied is not None:
+            applied.append(e)
+        _, arm = keeper.on_event(state, e)
+        if arm is not None:
+            heapq.heappush(timers, (arm, e.user_id or ""))
+    fire(max(e.ts for e in events) + 400 * DAY_MS)
+    return states
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["c-1", "c-2"]), st.integers(0, 300 * DAY_MS),
+                          st.booleans()), min_size=1, max_size=40))
+def test_no_label_is_learnt_before_its_horizon_and_every_label_is_what_happened(
+        spec: list[tuple[str, int, bool]]) -> None:
+    events = [(order if is_order else view)(cid, T0 + ts, n)
+              for n, (cid, ts, is_order) in enumerate(spec)]
+    cfg = ModelConfig(churn_horizon_ms=90 * DAY_MS, repurchase_horizon_ms=30 * DAY_MS,
+                      sample_every_ms=7 * DAY_MS)
+    keeper = RecordingKeeper(cfg)
+    drive(keeper, events)
+    assert keeper.learnt, "a stream that spans a horizon has labels"
+    for name, cid, t, now, label in keeper.learnt:
+        horizon = cfg.churn_horizon_ms if name == CHURN else cfg.repurchase_horizon_ms
+        assert now >= t + horizon, f"{name} label of {t} learnt at {now}, before its horizon"
+        # Brute force over the whole stream: the label is what happened in (t, t + horizon].
+        mine = [e for e in events if e.user_id == cid]
+        if name == CHURN:
+            assert label == (not any(t < e.ts <= t + horizon for e in mine))
+        else:
+            assert label == any(t < e.ts <= t + horizon and e.type == "order_paid" for e in mine)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 200 * DAY_MS), st.booleans()), min_size=1, max_size=30))
+def test_features_at_a_prediction_point_see_nothing_after_it(spec: list[tuple[int, bool]]) -> None:
+    events = [(order if is_order else view)("c-1", T0 + ts, n) for n, (ts, is_order) in enumerate(spec)]
+    keeper = ModelKeeper(ModelConfig(), CFG)
+    applied: list[Event] = []
+    points: list[tuple[int, list[float], int]] = []
+    real = keeper._point
+
+    def spy(state: CustomerState, ml: dict[str, Any], t: int) -> bool:
+        points.append((t, features(state, CFG, t), len(applied)))
+        return real(state, ml, t)
+
+    keeper._point = spy  # type: ignore[method-assign]
+    drive(keeper, events, applied)
+    for t, seen, n in points:
+        # Only events up to t had been applied, and a state built from them
+        # alone gives the same features: nothing later leaked in.
+        assert all(e.ts <= t for e in applied[:n])
+        assert all(e.ts >= t for e in applied[n:])
+        past = CustomerState("c-1", CFG)
+        for e in applied[:n]:
+            past.apply(e, CFG)
+        assert features(past, CFG, t) == seen
+
+
+def test_pending_examples_per_customer_stay_bounded() -> None:
+    cfg = ModelConfig(sample_every_ms=7 * DAY_MS, churn_horizon_ms=90 * DAY_MS)
+    most = 0
+
+    class Watching(ModelKeeper):
+        def on_event(self, state: CustomerState, e: Event) -> tuple[bool, int | None]:
+            nonlocal most
+            result = super().on_event(state, e)
+            most = max(most, len(state.derived["ml"]["p"]))
+            return result
+
+    keeper = Watching(cfg, CFG)
+    # A visit every 6 hours for 200 days.
+    states = drive(keeper, [view("c-1", T0 + n * DAY_MS // 4, n) for n in range(800)])
+    assert most == 90 // 7 + 1   # one example a week, each kept for 90 days
+    assert "ml" not in states["c-1"].to_doc(CFG).get("derived", {})   # never in Redis
+
+
+def test_scores_reach_the_profile_with_the_model_version() -> None:
+    keeper = ModelKeeper(ModelConfig(), CFG)
+    state = CustomerState("c-1", CFG)
+    e = order("c-1", T0, 1)
+    state.apply(e, CFG)
+    changed, due = keeper.on_event(state, e)
+    scores = state.derived["scores"]
+    assert set(scores) == {CHURN, REPURCHASE} and changed and due is not None
+    value, at, version = scores[CHURN]
+    assert 0 <= value <= 1 and at == T0 and version.startswith("logreg-") and version.endswith(".g0")
+    assert keeper.command("churn_risk", "reset") and keeper.versions()[CHURN].endswith(".g1")
+    assert keeper.command("all", "pin") and all(m[0].pinned for m in keeper.models.values())
+    assert not keeper.command("nope", "reset") and not keeper.command("all", "explode")
+
+
+def test_the_model_beats_the_recency_baseline_on_a_population_with_known_churn() -> None:
+    rows = population(1200, 480, seed=5)
+    log = [(r.ts, n, r.customer, r.amount) for n, r in enumerate(rows)]
+    result = evaluate(log, config_for("logreg"))
+    churn = result.models[CHURN]
+    assert churn["logreg"]["labels"] > 5000 and 0.1 < churn["logreg"]["positives"] / churn[
+        "logreg"]["labels"] < 0.9
+    assert churn["logreg"]["auc"] > churn["baseline"]["auc"] + 0.02, churn
+    rep = result.models[REPURCHASE]
+    assert rep["logreg"]["auc"] > rep["baseline"]["auc"], rep
+
+
+def test_eval_churn_reads_a_log_and_names_every_bad_row() -> None:
+    text = ("customer_id,date,amount,quantity\n"
+            "c-1,2026-01-02,10.5,2\n"
+            "c-2,2026-01-03T10:00:00Z,99,\n"
+            "c-3,yesterday,5,1\n"
+            ",2026-01-04,5,1\n"
+            "c-4,2026-01-05,lots,1\n"
+            "c-5\n")
+    rows, errors = read_log(io.StringIO(text), "log.csv")
+    assert [(c, v) for _, _, c, v in rows] == [("c-1", 21.0), ("c-2", 99.0)]
+    assert errors == [
+        "log.csv:4: date 'yesterday' is not YYYY-MM-DD or ISO 8601",
+        "log.csv:5: empty customer_id",
+        "log.csv:6: amount or quantity is not a number",
+        "log.csv:7: 1 columns, expected 4",
+    ]
+    with pytest.raises(LogError, match=r"log.csv:1: missing column\(s\) amount"):
+        read_log(io.StringIO("customer_id,date\n"), "log.csv")
+
+
+def test_replays_give_the_same_models() -> None:
+    rows = population(150, 300, seed=9)
+    log = [(r.ts, n, r.customer, r.amount) for n, r in enumerate(rows)]
+    a, b = evaluate(log, config_for("logreg")), evaluate(log, config_for("logreg"))
+    assert a.models == b.models and a.points == b.points
+    random.Random(1).shuffle(log)   # arrival order of a file does not matter: rows are sorted
+    assert evaluate(sorted(log), config_for("logreg")).models == a.models
