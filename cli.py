@@ -1,8 +1,8 @@
 """The ``engage`` command-line program.
 
 Sub-commands: ``run``, ``demo``, ``simulate``, ``profile``, ``forget``, ``rules validate`` (also
-``tags validate``), ``replay``, ``models``, ``eval-churn``, ``bench``. Each exits non-zero
-with a one-line reason on bad input or configuration.
+``tags validate``), ``replay``, ``report``, ``models``, ``eval-churn``, ``bench``. Each exits
+non-zero with a one-line reason on bad input or configuration.
 """
 
 from __future__ import annotations
@@ -177,6 +177,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return replay_main(args.events, args.rules, args.json, sys.stdout)
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Conversions, uplift and suppressions per rule and variant, from JSON-lines files."""
+    from engage.report import main as report_main  # noqa: PLC0415
+
+    paths = (args.actions or []) + (args.audit or []) + (args.conversions or [])
+    if not paths:
+        raise ValueError("give at least one of --actions, --audit, --conversions")
+    return report_main(paths, args.since, args.rules, args.format, sys.stdout, args.basis)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """Throughput of the pipeline beside a per-event baseline and the raw consume rate."""
     if args.scale:
@@ -284,6 +294,21 @@ def build_parser() -> argparse.ArgumentParser:
                              "else the shipped catalog)")
     replay.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     replay.set_defaults(func=cmd_replay)
+
+    report = sub.add_parser("report", help=cmd_report.__doc__)
+    for flag, what in (("--actions", "action docs (engage.actions, or engage replay --json)"),
+                       ("--audit", "audit docs (engage.audit)"),
+                       ("--conversions", "conversion records")):
+        report.add_argument(flag, action="append", metavar="FILE",
+                            help=f"JSON lines of {what}; repeatable")
+    report.add_argument("--since", help="touches from this ISO date/time, or a duration (30d) "
+                                        "back from the newest touch")
+    report.add_argument("--rules", help="only these rule ids, ',' separated")
+    report.add_argument("--format", choices=["text", "json", "html"], default="text")
+    report.add_argument("--basis", choices=["last_touch", "window"], default="last_touch",
+                        help="converted = credited with the order (default), or any order "
+                             "in the window")
+    report.set_defaults(func=cmd_report)
 
     bench = sub.add_parser("bench", help=cmd_bench.__doc__)
     bench.add_argument("--events", type=int, default=300_000)

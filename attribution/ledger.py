@@ -80,9 +80,10 @@ CONTROL = "control"
 # customer carries them and they are frozen with the state at every snapshot.
 _TS, _AID, _RULE, _VER, _VAR, _CHAN, _WIN, _COUPON, _SENT = range(9)
 # An order in the ledger's "o" dict, by order id: [paid_ts, paid_cents,
-# refunded_cents, refund_until, keep_until, conversions, refund_ids], where
-# each conversion is [conversion_id, touch].
-_PAID_TS, _PAID, _REFUNDED, _UNTIL, _KEEP, _CONVS, _REFUND_IDS = range(7)
+# refunded_cents, refund_until, keep_until, conversions, refund_ids, coupon],
+# where each conversion is [conversion_id, touch, matched_by, redeemed (0/1)]:
+# what a refund's records repeat, so that the newest record is whole.
+_PAID_TS, _PAID, _REFUNDED, _UNTIL, _KEEP, _CONVS, _REFUND_IDS, _ORDER_COUPON = range(8)
 
 
 @dataclass(frozen=True)
@@ -248,19 +249,15 @@ def on_order_paid(ledger: dict[str, Any], user_id: str, order_id: str, ts: int, 
                 t[_RULE] not in latest_per_rule or _key(t) > _key(latest_per_rule[t[_RULE]])):
             latest_per_rule[t[_RULE]] = t
     chosen = [credited] + [latest_per_rule[r] for r in sorted(latest_per_rule)]
-    convs = [[conversion_id(order_id, t[_AID]), list(t)] for t in chosen]
+    convs = [[conversion_id(order_id, t[_AID]), list(t),
+              ("coupon" if matching else "last_touch") if i == 0 else "window",
+              int(i == 0 and bool(matching))] for i, t in enumerate(chosen)]
     until = ts + credited[_WIN]
     keep = max([until] + [t[_TS] + t[_WIN] for t in eligible])
-    ledger["o"][order_id] = [ts, paid, 0, until, keep, convs, []]
+    ledger["o"][order_id] = [ts, paid, 0, until, keep, convs, [], coupon or ""]
     _cap_orders(ledger)
-    records = []
-    for i, (cid, t) in enumerate(convs):
-        first = i == 0
-        records.append(_record(cid, t, user_id, order_id, ts, paid, 0, credited=first,
-                               redeemed=first and bool(matching), coupon=coupon or "",
-                               matched_by=("coupon" if matching else "last_touch") if first
-                               else "window"))
-    return records
+    return [_record(c, user_id, order_id, ts, paid, 0, i == 0, coupon or "")
+            for i, c in enumerate(convs)]
 
 
 def on_order_refunded(ledger: dict[str, Any], user_id: str, order_id: str, ts: int,
@@ -290,16 +287,20 @@ def on_order_refunded(ledger: dict[str, Any], user_id: str, order_id: str, ts: i
     order[_REFUNDED] = min(order[_PAID], before + refund)
     if order[_REFUNDED] == before:
         return []   # already refunded in full (or a zero refund): nothing changes
-    return [_record(cid, t, user_id, order_id, ts, order[_PAID], order[_REFUNDED],
-                    credited=i == 0, redeemed=False, coupon="", matched_by="refund",
-                    kind="refund", refund_id=rid)
-            for i, (cid, t) in enumerate(order[_CONVS])]
+    return [_record(c, user_id, order_id, ts, order[_PAID], order[_REFUNDED], i == 0,
+                    order[_ORDER_COUPON], kind="refund", refund_id=rid)
+            for i, c in enumerate(order[_CONVS])]
 
 
-def _record(cid: str, t: list[Any], user_id: str, order_id: str, ts: int, paid: int,
-            refunded: int, credited: bool, redeemed: bool, coupon: str, matched_by: str,
-            kind: str = "conversion", refund_id: str = "") -> dict[str, Any]:
-    """A conversion record: the conversion's whole current state, so the newest one wins."""
+def _record(conv: list[Any], user_id: str, order_id: str, ts: int, paid: int, refunded: int,
+            credited: bool, coupon: str, kind: str = "conversion",
+            refund_id: str = "") -> dict[str, Any]:
+    """A conversion record: the conversion's whole current state, so the newest one wins.
+
+    ``ts`` is the order's time in a ``conversion`` record, the refund's in a
+    ``refund`` record.
+    """
+    cid, t, matched_by, redeemed = conv
     doc: dict[str, Any] = {
         "conversion_id": cid,
         "kind": kind,
@@ -317,15 +318,14 @@ def _record(cid: str, t: list[Any], user_id: str, order_id: str, ts: int, paid: 
         "ts_ms": ts,
         "credited": credited,
         "matched_by": matched_by,
+        "redeemed": bool(redeemed),
+        "coupon": coupon,
         "revenue_cents": paid,
         "refunded_cents": refunded,
         "net_cents": paid - refunded if credited else 0,
         "reversed": refunded >= paid and refunded > 0,
     }
-    if kind == "conversion":
-        doc["redeemed"] = redeemed
-        doc["coupon"] = coupon
-    else:
+    if kind == "refund":
         doc["refund_id"] = refund_id
     return doc
 
@@ -374,8 +374,8 @@ def merge(into: dict[str, Any], other: dict[str, Any]) -> None:
         mine = into["o"].get(oid)
         if mine is None or order[_REFUNDED] > mine[_REFUNDED]:
             into["o"][oid] = [order[_PAID_TS], order[_PAID], order[_REFUNDED], order[_UNTIL],
-                              order[_KEEP], [[c, list(t)] for c, t in order[_CONVS]],
-                              list(order[_REFUND_IDS])]
+                              order[_KEEP], [[c, list(t), m, r] for c, t, m, r in order[_CONVS]],
+                              list(order[_REFUND_IDS]), order[_ORDER_COUPON]]
     _cap_orders(into)
 
 

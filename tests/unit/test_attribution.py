@@ -95,6 +95,18 @@ def test_partial_then_full_refund_reverses_and_never_goes_negative() -> None:
     assert on_order_refunded(led, "c-1", "o-1", T0 + 4 * H, 1, "e-r3") == []
 
 
+def test_a_refund_record_repeats_the_whole_conversion() -> None:
+    led = ledger_with(Touch(T0, "a-1", "cart", coupon="CART10"))
+    paid = on_order_paid(led, "c-1", "o-1", T0 + H, 100, coupon="CART10")[0]
+    refund = on_order_refunded(led, "c-1", "o-1", T0 + 2 * H, 10, "e-r")[0]
+    assert refund["kind"] == "refund" and refund["refund_id"] == "e-r"
+    moment = ("kind", "refund_id", "ts", "ts_ms")
+    expected = {k: v for k, v in paid.items() if k not in moment}
+    expected.update(refunded_cents=1000, net_cents=9000)
+    assert {k: v for k, v in refund.items() if k not in moment} == expected
+    assert (refund["redeemed"], refund["coupon"]) == (True, "CART10")
+
+
 def test_refund_after_the_return_period_leaves_the_conversion_standing() -> None:
     led = ledger_with(Touch(T0, "a-1", "cart", window_ms=DAY_MS))
     on_order_paid(led, "c-1", "o-1", T0 + H, 100)
@@ -137,7 +149,7 @@ def test_the_ledger_survives_orjson_as_state_does() -> None:
 @pytest.mark.parametrize("call, message", [
     (lambda led: record_touch(led, Touch(T0, "", "r")), "action_id"),
     (lambda led: record_touch(led, Touch(T0, "a", "r", window_ms=0)), "window_ms"),
-    (lambda led: record_touch(led, Touch("soon", "a", "r")), "ts must be"),  # type: ignore[arg-type]
+    (lambda led: record_touch(led, Touch("soon", "a", "r")), "ts must be"),  # type: ignore
     (lambda led: on_order_paid(led, "c", "o", T0, -1), "amount"),
     (lambda led: on_order_paid(led, "c", "o", T0, 1, coupon=5), "coupon"),
     (lambda led: on_order_refunded(led, "c", "", T0, 1), "order_id"),
@@ -207,7 +219,8 @@ def current(records: list[dict]) -> dict[str, dict]:
     """Per conversion id, the record with the most refunded: the conversion's current state."""
     by: dict[str, dict] = {}
     for r in records:
-        if r["conversion_id"] not in by or r["refunded_cents"] >= by[r["conversion_id"]]["refunded_cents"]:
+        old = by.get(r["conversion_id"])
+        if old is None or r["refunded_cents"] >= old["refunded_cents"]:
             by[r["conversion_id"]] = r
     return by
 

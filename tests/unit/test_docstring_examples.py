@@ -27,6 +27,8 @@ MODULES = [
     "engage.simulator.storefront", "engage.connectors.kafka", "engage.cluster",
     "engage.benchmarks.scale", "engage.models.features", "engage.models.online",
     "engage.simulator.churners",
+    "engage.attribution.ledger", "engage.attribution.stats", "engage.simulator.uplift",
+    "engage.report",
 ]
 
 
