@@ -383,7 +383,7 @@ def bar_chart(arms: list[Arm], width: int = 430, height: int = 260) -> str:
     shown = [a for a in arms if a.converted.rate is not None]
     left, right, top, bottom = 52, 12, 28, 40
     plot_w, plot_h = width - left - right, height - top - bottom
-    ymax = _nice_top(max([a.converted.hi or 0 for a in shown] + [0.01]) * 1.08)
+    ymax = min(1.0, _nice_top(max([a.converted.hi or 0 for a in shown] + [0.01]) * 1.08))
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
              f'viewBox="0 0 {width} {height}" role="img" aria-label="conversion by variant">',
              f'<text x="{left}" y="16" class="ct">Conversion rate by arm (95% CI)</text>']
@@ -412,8 +412,11 @@ def bar_chart(arms: list[Arm], width: int = 430, height: int = 260) -> str:
                      f'y2="{yhi:.1f}" class="eb"/>')
         # The value sits inside the bar's top when it fits, clear of the error bar's caps.
         inside = top + plot_h - y > 34
+        # Inside, a halo in the bar's colour keeps the error bar from crossing the digits.
+        halo = (f' stroke="{_colour(a.name, i)}" stroke-width="4" paint-order="stroke"'
+                if inside else "")
         parts.append(f'<text x="{cx:.1f}" y="{(y + 26 if inside else yhi - 6):.1f}" '
-                     f'class="{"vin" if inside else "val"}" text-anchor="middle">'
+                     f'class="{"vin" if inside else "val"}" text-anchor="middle"{halo}>'
                      f'{_pct(a.converted.rate)}</text>')
         parts.append(f'<text x="{cx:.1f}" y="{top + plot_h + 16}" class="lab" text-anchor="middle">'
                      f'{html.escape(a.name or "(all)")}</text><text x="{cx:.1f}" '
@@ -430,7 +433,7 @@ def trend_chart(arms: list[Arm], width: int = 560, height: int = 260) -> str:
     left, right, top, bottom = 52, 90, 28, 40
     plot_w, plot_h = width - left - right, height - top - bottom
     rates = [c / n for a in arms for _, n, c in a.trend if n]
-    ymax = _nice_top(max(rates + [0.01]) * 1.08)
+    ymax = min(1.0, _nice_top(max(rates + [0.01]) * 1.08))
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
              f'viewBox="0 0 {width} {height}" role="img" aria-label="daily conversion trend">',
              f'<text x="{left}" y="16" class="ct">Daily conversion rate (by day of the message)'
@@ -484,7 +487,7 @@ h1{font-size:22px;margin:0 0 4px} .sub{color:#57606a;margin:0 0 18px}
 table{border-collapse:collapse;margin:0 0 12px;width:100%}
 th,td{padding:5px 8px;border-bottom:1px solid #eaeef2;text-align:right;white-space:nowrap}
 td.u{white-space:normal;min-width:150px} td.u small{display:block;color:#57606a}
-th{background:#f6f8fa;font-weight:600} td:first-child,th:first-child{text-align:left}
+th{background:#f6f8fa;font-weight:600;white-space:normal} td:first-child,th:first-child{text-align:left}
 .better{color:#1a7f37;font-weight:600} .worse{color:#cf222e;font-weight:600} .unclear{color:#57606a}
 .charts{display:flex;flex-wrap:wrap;gap:18px} .supp{color:#57606a;margin:4px 0 10px}
 svg .grid{stroke:#eaeef2} svg .axis{stroke:#57606a} svg .eb{stroke:#1f2328;stroke-width:1.6}

@@ -171,7 +171,10 @@ def _key(t: list[Any]) -> tuple[int, int, str]:
 
 
 def record_touch(ledger: dict[str, Any], touch: Touch) -> bool:
-    """Remember ``touch``; False when its action id is already held (a replayed decision).
+    """Remember ``touch``; False when it is not newly held.
+
+    Not held: a replayed decision (its action id is already held), or a touch
+    older than every one the cap (:data:`MAX_TOUCHES`) keeps.
 
     >>> led = new_ledger()
     >>> record_touch(led, Touch(1000, "a-1", "cart")), record_touch(led, Touch(1000, "a-1", "cart"))
@@ -188,6 +191,8 @@ def record_touch(ledger: dict[str, Any], touch: Touch) -> bool:
     touches.sort(key=_key)
     if len(touches) > MAX_TOUCHES:
         del touches[:len(touches) - MAX_TOUCHES]
+        # a touch older than all the ones kept is not held either
+        return any(t[_AID] == touch.action_id for t in touches)
     return True
 
 
