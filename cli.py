@@ -282,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--horizon", help="churn horizon (default 90d)")
     evaluate.add_argument("--sample-every", dest="sample_every",
                           help="a customer becomes an example at most this often, and is scored "
-                               "this often while quiet (default 7d)")
+                               "this often while quiet (default 14d)")
     evaluate.add_argument("--json", action="store_true", help="machine-readable output")
     evaluate.set_defaults(func=cmd_eval_churn)
 

@@ -83,7 +83,7 @@ class Settings:
     models: bool = True
     model_kind: str = "logreg"
     churn_horizon: str = "90d"
-    model_sample_every: str = "7d"
+    model_sample_every: str = "14d"
     #: Rebuild state from history without deciding anything: no rule runs,
     #: no action or audit record is written (e.g. a first run over old events).
     backfill: bool = False

@@ -30,7 +30,7 @@ FEATURE_NAMES: tuple[str, ...] = (
 #: Gap assumed between orders until a customer has two (for ``overdue``).
 PRIOR_GAP_DAYS = 60.0
 #: Event types that count as the customer's own activity in ``visits_*``.
-_VISIT_TYPES = ("page_view", "product_view", "search", "add_to_cart", "order_paid")
+_VISIT_TYPES = ("page_view", "product_view", "order_paid")
 
 
 def _count(state: CustomerState, cfg: StateConfig, etype: str, window: str, t: int) -> float:

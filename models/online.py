@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import math
+import operator
 from array import array
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -97,9 +98,8 @@ class Validation:
 
     def merge(self, other: "Validation") -> None:
         """Add ``other``'s counts to these."""
-        for i in range(_BINS):
-            self.pos[i] += other.pos[i]
-            self.neg[i] += other.neg[i]
+        self.pos = array("q", map(operator.add, self.pos, other.pos))
+        self.neg = array("q", map(operator.add, self.neg, other.neg))
         self.loss += other.loss
         self.n += other.n
 

@@ -656,7 +656,7 @@ class CustomerShard(_Shard):
                 self.summary_at = now
                 summary = self.keeper.summary()
                 self.writes[model_key(self.shard_no)] = orjson.dumps(summary)
-                publish_models(self.shard_no, summary)
+                publish_models(self.shard_no, summary, force)
         horizon = self.watermark.value - self.cfg.state.cart_abandon_after_ms
         for key in self.dirty:
             state = self.states.get(key)
@@ -669,14 +669,23 @@ class CustomerShard(_Shard):
 #: gauges; shards on several worker threads publish, hence the lock.
 _MODEL_SUMMARIES: dict[int, dict[str, Any]] = {}
 _MODEL_LOCK = threading.Lock()
+_MODEL_GAUGES_AT: list[float] = [float("-inf")]
 
 
-def publish_models(shard_no: int, summary: dict[str, Any]) -> None:
-    """Set the model gauges from the summaries of every shard in this process."""
+def publish_models(shard_no: int, summary: dict[str, Any], force: bool = False) -> None:
+    """Set the model gauges from the summaries of every shard in this process.
+
+    Merging every shard's validation is not free: done at most once per
+    :data:`MODEL_SUMMARY_EVERY_S` for the whole process (and at the end).
+    """
     from engage.models.online import merged  # noqa: PLC0415 - not compiled
 
+    now = time.monotonic()
     with _MODEL_LOCK:
         _MODEL_SUMMARIES[shard_no] = summary
+        if not force and now - _MODEL_GAUGES_AT[0] < MODEL_SUMMARY_EVERY_S:
+            return
+        _MODEL_GAUGES_AT[0] = now
         every = list(_MODEL_SUMMARIES.values())
     for name in summary:
         m = merged(s[name] for s in every if name in s)
