@@ -150,10 +150,14 @@ class ModelKeeper:
     def _labels(self, state: CustomerState, ml: dict[str, Any], now: int) -> None:
         """Learn from every pending example whose horizon has passed by ``now``."""
         churn_h, rep_h = self.cfg.churn_horizon_ms, self.cfg.repurchase_horizon_ms
+        pending = ml["p"]
+        # Oldest first: when the oldest is not due yet, nothing is (most timers are ticks).
+        if not pending or pending[0][0] + min(churn_h, rep_h) > now:
+            return
         last_visit = last_visit_at(state, now)
         last_order = state.last_order_ts
         keep = []
-        for entry in ml["p"]:
+        for entry in pending:
             t, x, churn_ps, rep_ps, rep_done = entry
             if not rep_done and t + rep_h <= now:
                 bought = last_order is not None and t < last_order <= t + rep_h
