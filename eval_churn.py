@@ -109,45 +109,59 @@ def read_log(stream: TextIO, name: str) -> tuple[list[tuple[int, int, str, float
     return rows, errors
 
 
+class Replay:
+    """Events and model timers in event-time order, as a customer shard runs them:
+    a timer due before an event fires first; one due at its time, after it."""
+
+    def __init__(self, keeper: ModelKeeper, state_cfg: StateConfig) -> None:
+        self.keeper = keeper
+        self.state_cfg = state_cfg
+        self.states: dict[str, CustomerState] = {}
+        self.timers: list[tuple[int, str]] = []
+
+    def fire(self, until: int) -> None:
+        """Fire every model timer due strictly before ``until``."""
+        timers = self.timers
+        while timers and timers[0][0] < until:
+            due, key = heapq.heappop(timers)
+            _, arm = self.keeper.on_timer(self.states[key], due)
+            if arm is not None:
+                heapq.heappush(timers, (arm, key))
+
+    def feed(self, e: Event) -> CustomerState:
+        """Fire what is due before ``e``, apply it, let the keeper see it."""
+        self.fire(e.ts)
+        key = e.user_id or ""
+        state = self.states.get(key)
+        if state is None:
+            state = self.states[key] = CustomerState(key, self.state_cfg)
+        state.apply(e, self.state_cfg)
+        _, arm = self.keeper.on_event(state, e)
+        if arm is not None:
+            heapq.heappush(self.timers, (arm, key))
+        return state
+
+
 def evaluate(rows: list[tuple[int, int, str, float]], cfg: ModelConfig,
              skipped: list[str] | None = None, progress: TextIO | None = None,
              report_every: int = 0) -> EvalResult:
     """Replay ``rows`` through the state and model code; returns what was measured."""
     started = time.perf_counter()
-    state_cfg = StateConfig.default()
-    keeper = ModelKeeper(cfg, state_cfg)
-    states: dict[str, CustomerState] = {}
-    timers: list[tuple[int, str]] = []
+    keeper = ModelKeeper(cfg, StateConfig.default())
+    replay = Replay(keeper, StateConfig.default())
     end = rows[-1][0] if rows else 0
     result = EvalResult(len(rows), skipped or [], 0, 0, 0.0)
-
-    def fire(until: int) -> None:
-        # Strictly before: an event goes before a timer due at its own time.
-        while timers and timers[0][0] < until:
-            due, key = heapq.heappop(timers)
-            _, arm = keeper.on_timer(states[key], due)
-            if arm is not None:
-                heapq.heappush(timers, (arm, key))
-
     for n, (ts, line, customer, value) in enumerate(rows, start=1):
-        fire(ts)
         etype = "order_paid" if value >= 0 else "order_refunded"
-        e = Event(f"row-{line}", etype, ts, customer, None, "log",
-                  {"order_id": f"row-{line}", "amount": abs(value)})
-        state = states.get(customer)
-        if state is None:
-            state = states[customer] = CustomerState(customer, state_cfg)
-        state.apply(e, state_cfg)
-        _, arm = keeper.on_event(state, e)
-        if arm is not None:
-            heapq.heappush(timers, (arm, customer))
+        replay.feed(Event(f"row-{line}", etype, ts, customer, None, "log",
+                          {"order_id": f"row-{line}", "amount": abs(value)}))
         if report_every and n % report_every == 0:
             snap = _table(keeper)
             result.trace.append({"rows": n, "at": ts, **snap})
             if progress is not None:
                 progress.write(_trace_line(n, len(rows), snap))
-    fire(end + 1)   # labels known by the last row; later horizons stay unknown
-    result.customers = len(states)
+    replay.fire(end + 1)   # labels known by the last row; later horizons stay unknown
+    result.customers = len(replay.states)
     result.points = keeper.points
     result.models = _table(keeper)
     result.seconds = time.perf_counter() - started

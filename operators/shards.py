@@ -426,12 +426,16 @@ class CustomerShard(_Shard):
             self.population = snap["population"]
         if self.keeper is not None and snap.get("models") is not None:
             self.keeper.restore(snap["models"])
+        # Known again at once: the summary is rewritten at the end even when
+        # no event reaches this shard after the restart.
+        self.shard_no = snap.get("shard_no", -1)
 
     def _snapshot_dict(self) -> dict[str, Any]:
         snap = super()._snapshot_dict()
         snap["pending"] = self.pending
         snap["population"] = self.population
         snap["models"] = self.keeper.snapshot() if self.keeper is not None else None
+        snap["shard_no"] = self.shard_no
         return snap
 
     def _drop(self, key: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import heapq
 import io
 import random
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from engage.eval_churn import LogError, config_for, evaluate, read_log
+from engage.eval_churn import LogError, Replay, config_for, evaluate, read_log
 from engage.events import Event
 from engage.models.features import DAY_MS, features
 from engage.models.keeper import CHURN, REPURCHASE, ModelConfig, ModelKeeper
@@ -74,28 +73,16 @@ class RecordingKeeper(ModelKeeper):
 def drive(keeper: ModelKeeper, events: list[Event],
           applied: list[Event] | None = None) -> dict[str, CustomerState]:
     """Events and model timers in event-time order, as a customer shard runs them
-    (``applied``: the events applied so far, in order)."""
-    states: dict[str, CustomerState] = {}
-    timers: list[tuple[int, str]] = []
-
-    def fire(until: int) -> None:
-        while timers and timers[0][0] < until:
-            due, key = heapq.heappop(timers)
-            _, arm = keeper.on_timer(states[key], due)
-            if arm is not None:
-                heapq.heappush(timers, (arm, key))
-
+    (``applied``: the events applied so far, in order), then 400 days more."""
+    replay = Replay(keeper, CFG)
     for e in sorted(events, key=lambda e: e.ts):
-        fire(e.ts)
-        state = states.setdefault(e.user_id or "", CustomerState(e.user_id or "", CFG))
-        state.apply(e, CFG)
         if applied is not None:
+            # Before the keeper sees it (feed applies it, then calls the keeper).
+            replay.fire(e.ts)
             applied.append(e)
-        _, arm = keeper.on_event(state, e)
-        if arm is not None:
-            heapq.heappush(timers, (arm, e.user_id or ""))
-    fire(max(e.ts for e in events) + 400 * DAY_MS)
-    return states
+        replay.feed(e)
+    replay.fire(max(e.ts for e in events) + 400 * DAY_MS)
+    return replay.states
 
 
 @settings(max_examples=40, deadline=None)
