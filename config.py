@@ -183,8 +183,15 @@ class Settings:
         if self.ms("model_sample_every") < 3_600_000:
             raise ValueError("setting model_sample_every: must be at least 1h "
                              "(it bounds the examples kept per customer)")
-        if self.ms("churn_horizon") < self.ms("model_sample_every"):
-            raise ValueError("setting churn_horizon: must be at least model_sample_every")
+        if self.ms("churn_horizon") < max(self.ms("model_sample_every"), 30 * 86_400_000):
+            raise ValueError("setting churn_horizon: must be at least 30d (the repurchase "
+                             "horizon) and at least model_sample_every")
+        if self.models and self.ms("inactive_ttl") < 2 * self.ms("churn_horizon") \
+                + self.ms("lateness"):
+            # A quiet customer's last example comes due up to two horizons after
+            # their last event; expired first, the churned would go unlearnt.
+            raise ValueError("setting inactive_ttl: must be at least twice churn_horizon "
+                             "plus lateness while the models are on")
         if self.ms("lost_after") <= self.ms("declining_after"):
             raise ValueError("setting lost_after: must be longer than declining_after")
 

@@ -11,7 +11,7 @@ a customer shard (an event before a timer due at its own time).
 
 In a purchase log, a purchase is the only visit there is: "churned" means no
 purchase within the horizon. Examples whose horizon reaches past the last row
-are never labelled (their future is unknown), so they are not scored either.
+are never labelled (their future is unknown), so they are never validated.
 
 Prints progressive validation (every score was given before its label was
 known) for each model and for the recency baseline (days since the last

@@ -35,7 +35,7 @@ from engage.operators.ingest import ControlSource, IngestSource, Now
 from engage.operators.parse import DeadLetter
 from engage.operators.records import Emit, RawRecord, StateWrites
 from engage.operators.routing import Router
-from engage.operators.shards import Bootstrap, ShardConfig
+from engage.operators.shards import Bootstrap, ShardConfig, forget_model_summaries
 from engage.operators.steps import customer_step, identity_step
 
 
@@ -74,6 +74,7 @@ def build_flow(settings: Settings, source: FixedPartitionedSource[RawRecord, Any
     that stops on a signal must not: its input has not ended, it paused.
     """
     parts = [int(p) for p in source.list_parts() if p.isdigit()]
+    forget_model_summaries()
     router = Router(settings.identity_shards, settings.customer_shards)
     shard_cfg = ShardConfig(
         state=settings.state_config(),

@@ -4,7 +4,7 @@ One :class:`ModelKeeper` per customer shard (and one in ``engage eval-churn``)
 owns the two models and decides, customer by customer, in event time:
 
 - **When to score** (a *prediction point*): at an order or refund, at the
-  first event after a day or more of silence, and at a tick every
+  first event a day or more after the last prediction point, and at a tick every
   ``sample_every`` while the customer has been silent for less than the
   churn horizon. Not on every click: between those moments nothing the
   models read moves much, and a score costs two river predictions.
@@ -14,10 +14,11 @@ owns the two models and decides, customer by customer, in event time:
   expired and erased with the customer. That bounds pending examples to
   ``horizon / sample_every + 1`` per customer.
 - **When a label is known**: never before its horizon has passed in event
-  time. The customer's model timer fires at ``t + horizon``; the shard fires
-  timers only after applying every event up to that moment, so the label
-  ("any event in ``(t, t + horizon]``", "an order in ``(t, t + 30d]``") is
-  read from the state exactly as of the horizon, and no event after it.
+  time. Each in-order event of the customer marks the pending examples whose
+  horizon it falls in ("came back": any event in ``(t, t + horizon]``;
+  "bought again": an order in ``(t, t + 30d]``); late events never reach the
+  keeper. The customer's model timer fires at ``t + horizon`` and learns the
+  label so recorded, which no event after the horizon can have touched.
   The score given at ``t`` is validated against the label first
   (progressive validation), then the model learns.
 
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engage.events import Event
-from engage.models.features import DAY_MS, as_dict, features, last_visit_at
+from engage.models.features import DAY_MS, as_dict, features
 from engage.models.online import DEFAULT_KIND, ModelSpec, OnlineModel
 from engage.state.customer import CustomerState, StateConfig
 
@@ -62,8 +63,9 @@ class ModelConfig:
     def specs(self) -> dict[str, list[ModelSpec]]:
         """Per target, the model whose scores are shown, then its challengers."""
         kinds = (self.kind, *[k for k in self.challengers if k != self.kind])
-        return {CHURN: [ModelSpec(CHURN, k, self.churn_horizon_ms) for k in kinds],
-                REPURCHASE: [ModelSpec(REPURCHASE, k, self.repurchase_horizon_ms) for k in kinds]}
+        return {CHURN: [ModelSpec(CHURN, k, self.churn_horizon_ms, self.rfm_window) for k in kinds],
+                REPURCHASE: [ModelSpec(REPURCHASE, k, self.repurchase_horizon_ms, self.rfm_window)
+                             for k in kinds]}
 
 
 def baseline(name: str, x: list[float]) -> float:
@@ -101,10 +103,29 @@ class ModelKeeper:
         ml = state.derived.get("ml")
         if ml is None:
             ml = state.derived["ml"] = {"p": []}
-        elif e.type not in _ALWAYS and e.ts - ml.get("at", e.ts - DAY_MS) < DAY_MS:
-            return False, None
+        else:
+            self._outcomes(ml, e)
+        if e.ts > ml.get("seen", e.ts - 1):
+            ml["seen"] = e.ts
+            if e.type not in _ALWAYS and e.ts - ml.get("at", e.ts - DAY_MS) < DAY_MS:
+                return False, None
         changed = self._point(state, ml, e.ts)
-        return changed, self._arm(state, ml)
+        return changed, self._arm(ml, e.ts)
+
+    def _outcomes(self, ml: dict[str, Any], e: Event) -> None:
+        """Note on each pending example what ``e`` tells about its future.
+
+        Only events in event-time order come here (late ones never do), so an
+        example's label depends on the events inside its horizon and nothing
+        else, however late events, batches and partitions interleaved.
+        """
+        churn_h, rep_h = self.cfg.churn_horizon_ms, self.cfg.repurchase_horizon_ms
+        for entry in ml["p"]:
+            t = entry[0]
+            if t < e.ts <= t + churn_h:
+                entry[5] = 1   # came back: any event of the customer
+                if e.type == "order_paid" and e.ts <= t + rep_h:
+                    entry[6] = 1   # bought again
 
     def on_timer(self, state: CustomerState, due: int) -> tuple[bool, int | None]:
         """The customer's model timer at ``due``: learn the labels now known, score
@@ -113,12 +134,12 @@ class ModelKeeper:
         if ml is None or ml.get("due") != due:
             return False, None   # superseded by a later arming
         del ml["due"]
-        self._labels(state, ml, due)
+        self._labels(ml, due)
         changed = False
-        tick = self._next_tick(state, ml)
+        tick = self._next_tick(ml)
         if tick is not None and tick <= due:
             changed = self._point(state, ml, due)
-        return changed, self._arm(state, ml)
+        return changed, self._arm(ml, due)
 
     # ------------------------------------------------------------------ parts
     def _point(self, state: CustomerState, ml: dict[str, Any], t: int) -> bool:
@@ -137,76 +158,90 @@ class ModelKeeper:
             model, p = models[0], ps[0]
             shown = round(p, 3)
             old = scores.get(name)
-            if old is None or old[0] != shown:
+            if old is None or old[0] != shown or old[2] != model.version:
                 changed = True
             scores[name] = [shown, t, model.version]
         self.points += 1
         ml["at"] = t
         if t - ml.get("s", t - self.cfg.sample_every_ms) >= self.cfg.sample_every_ms:
             ml["s"] = t
-            ml["p"].append([t, [round(v, 4) for v in x], given[0], given[1], 0])
+            # [t, features, churn scores, repurchase scores, repurchase labelled,
+            #  came back, bought again, versions that gave the scores]
+            ml["p"].append([t, [round(v, 4) for v in x], given[0], given[1], 0, 0, 0,
+                            [self.models[n][0].version for n in MODEL_NAMES]])
         return changed
 
-    def _labels(self, state: CustomerState, ml: dict[str, Any], now: int) -> None:
-        """Learn from every pending example whose horizon has passed by ``now``."""
+    def _labels(self, ml: dict[str, Any], now: int) -> None:
+        """Learn from every pending example whose horizon has passed by ``now``; an
+        example stays until both its labels are known."""
         churn_h, rep_h = self.cfg.churn_horizon_ms, self.cfg.repurchase_horizon_ms
         pending = ml["p"]
         # Oldest first: when the oldest is not due yet, nothing is (most timers are ticks).
         if not pending or pending[0][0] + min(churn_h, rep_h) > now:
             return
-        last_visit = last_visit_at(state, now)
-        last_order = state.last_order_ts
         keep = []
         for entry in pending:
-            t, x, churn_ps, rep_ps, rep_done = entry
+            t, x, churn_ps, rep_ps, rep_done, came_back, bought, versions = entry
             if not rep_done and t + rep_h <= now:
-                bought = last_order is not None and t < last_order <= t + rep_h
-                self._learn(REPURCHASE, t, x, bought, rep_ps)
-                entry[4] = 1
-            if t + churn_h <= now:
+                self._learn(REPURCHASE, t, x, bool(bought), rep_ps, versions[1])
+                entry[4] = rep_done = 1
+            if t + churn_h <= now and came_back != 2:
                 # Churned: no event at all in (t, t + horizon].
-                came_back = last_visit is not None and t < last_visit
-                self._learn(CHURN, t, x, not came_back, churn_ps)
+                self._learn(CHURN, t, x, not came_back, churn_ps, versions[0])
+                entry[5] = 2   # learnt
+            if rep_done and entry[5] == 2:
                 continue
             keep.append(entry)
         ml["p"] = keep
 
-    def _learn(self, name: str, t: int, x: list[float], label: bool, scored: list[float]) -> None:
-        """Validate the scores given at ``t`` against ``label``, then learn from it."""
+    def _learn(self, name: str, t: int, x: list[float], label: bool, scored: list[float],
+               version: str) -> None:
+        """Validate the scores given at ``t`` against ``label``, then learn from it.
+
+        Scores given by another model (before a reset, or by another kind) are
+        not this model's to be judged by: it learns from the label all the same.
+        """
         xd = as_dict(x)
         base = baseline(name, x)
-        for model, p in zip(self.models[name], scored):
+        models = self.models[name]
+        if models[0].version != version:
+            for model in models:
+                model.learn(xd, label, None, base)
+            return
+        for model, p in zip(models, scored):
             model.learn(xd, label, p, base)
 
-    def _next_tick(self, state: CustomerState, ml: dict[str, Any]) -> int | None:
+    def _next_tick(self, ml: dict[str, Any]) -> int | None:
         """The next time-driven prediction point, or None once the customer has been
         silent for the whole churn horizon (their label is known by then)."""
         at = ml.get("at")
         if at is None:
             return None
         tick = at + self.cfg.sample_every_ms
-        # The customer's latest event so far (the state holds none after now).
-        last = max(state.last_seen.values(), default=None)
+        # The customer's latest in-order event (late ones never reach the keeper).
+        last = ml.get("seen")
         if last is None or tick - last >= self.cfg.churn_horizon_ms:
             return None
         return tick
 
-    def _arm(self, state: CustomerState, ml: dict[str, Any]) -> int | None:
+    def _arm(self, ml: dict[str, Any], now: int) -> int | None:
         """The earliest moment this customer needs the keeper again; None when the
         timer already armed comes no later (it re-arms when it fires)."""
         candidates = []
-        tick = self._next_tick(state, ml)
+        tick = self._next_tick(ml)
         if tick is not None:
             candidates.append(tick)
-        for t, _, _, _, rep_done in ml["p"]:
-            candidates.append(t + self.cfg.churn_horizon_ms)
-            if not rep_done:
-                candidates.append(t + self.cfg.repurchase_horizon_ms)
+        for entry in ml["p"]:
+            if entry[5] != 2:
+                candidates.append(entry[0] + self.cfg.churn_horizon_ms)
+            if not entry[4]:
+                candidates.append(entry[0] + self.cfg.repurchase_horizon_ms)
         if not candidates:
             return None
         due = min(candidates)
         armed = ml.get("due")
-        if armed is not None and armed <= due:
+        # An armed time already past was dropped (models were off for a while).
+        if armed is not None and now <= armed <= due:
             return None
         ml["due"] = due
         return due

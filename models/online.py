@@ -155,9 +155,13 @@ class ModelSpec:
     kind: str           # one of KINDS
     horizon_ms: int
 
+    #: The window of the ``orders_365d`` / ``spend_365d`` features (the RFM window).
+    window: str = "365d"
+
     def digest(self) -> str:
         """A short hash of everything that changes what the model means."""
-        text = f"{self.name}|{self.kind}|{self.horizon_ms}|{','.join(FEATURE_NAMES)}"
+        text = (f"{self.name}|{self.kind}|{self.horizon_ms}|{self.window}|"
+                f"{','.join(FEATURE_NAMES)}")
         return hashlib.sha256(text.encode()).hexdigest()[:6]
 
 
@@ -183,13 +187,16 @@ class OnlineModel:
         """Probability of the positive label for features ``x``."""
         return float(self.pipeline.predict_proba_one(x).get(True, 0.0))
 
-    def learn(self, x: dict[str, float], label: bool, scored: float, baseline: float) -> None:
+    def learn(self, x: dict[str, float], label: bool, scored: float | None,
+              baseline: float) -> None:
         """Validate the score given earlier (and the baseline's), then learn from the label.
 
-        A pinned model is validated but does not change.
+        ``scored`` None: the score was another model's (before a reset), so
+        nothing is validated. A pinned model is validated but does not change.
         """
-        self.validation.update(label, scored)
-        self.baseline.update(label, baseline, with_loss=False)
+        if scored is not None:
+            self.validation.update(label, scored)
+            self.baseline.update(label, baseline, with_loss=False)
         if not self.pinned:
             self.pipeline.learn_one(x, label)
             self.learned += 1

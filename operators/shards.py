@@ -625,6 +625,9 @@ class CustomerShard(_Shard):
             if state is None:
                 continue
             fresh: list[Any] = []
+            # A model timer armed before the models were switched off is dropped.
+            if (MODEL_TIMER, "") in due_now and self.keeper is None:
+                due_now = [t for t in due_now if t[0] != MODEL_TIMER]
             if (MODEL_TIMER, "") in due_now:
                 due_now = [t for t in due_now if t[0] != MODEL_TIMER]
                 rescored, arm = self.keeper.on_timer(state, due)
@@ -674,6 +677,13 @@ class CustomerShard(_Shard):
 _MODEL_SUMMARIES: dict[int, dict[str, Any]] = {}
 _MODEL_LOCK = threading.Lock()
 _MODEL_GAUGES_AT: list[float] = [float("-inf")]
+
+
+def forget_model_summaries() -> None:
+    """A new flow in this process: the gauges follow its shards only."""
+    with _MODEL_LOCK:
+        _MODEL_SUMMARIES.clear()
+        _MODEL_GAUGES_AT[0] = float("-inf")
 
 
 def publish_models(shard_no: int, summary: dict[str, Any], force: bool = False) -> None:

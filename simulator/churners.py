@@ -1,11 +1,11 @@
 """A synthetic population whose churn behaviour is known: some customers fade, some stay.
 
-Each customer buys (and, for event streams, browses) as a Poisson process.
+Each customer buys as a Poisson process (purchases only: a transaction log).
 *Stayers* keep their rate; *faders* start at the same rate but it decays
 exponentially from a personal moment on, so their gaps grow until they stop.
 A model that reads the customer's recent history can tell the two apart
-before the recency baseline can (growing gaps, fewer visits in 30 days), and
-the tests hold it to that.
+before the recency baseline can (gaps growing against the customer's own
+rhythm), and the tests hold it to that.
 """
 
 from __future__ import annotations

@@ -77,13 +77,16 @@ def test_reset_and_pin_from_the_cli_reach_every_shard(stack: DevStack) -> None:
     produce(stack, churn_stream(100, 200))
     run_engine(stack, rules=str(RULES / "churn.yaml"), customer_shards=3)
     view = status(settings)
+    assert view["churn_risk"]["shards"] == 3, view   # every shard's replica took the commands
     assert view["churn_risk"]["versions"] == [v.replace(".g0", ".g1")
                                               for v in view["churn_risk"]["versions"]]
-    assert view["churn_risk"]["versions"][0].endswith(".g1")
+    assert view["churn_risk"]["versions"][0].endswith(".g1"), view
     assert view["repurchase_30d"]["versions"][0].endswith(".g0")
     assert view["churn_risk"]["pinned"] and view["repurchase_30d"]["pinned"]
-    # Pinned from the start: validated on every label, learnt from none.
-    assert view["churn_risk"]["labels"] > 0 and view["churn_risk"]["learned"] == 0
+    # Reset, then pinned: learnt from nothing since (the commands are read beside the
+    # events, so how many labels came due after them depends on timing; that a
+    # pinned model is still validated is tests/unit/test_models.py's business).
+    assert view["churn_risk"]["learned"] == 0, view
     out = subprocess.run([sys.executable, "-m", "engage.cli", "models"], env=stack.env(),
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "PINNED" in out.stdout and ".g1" in out.stdout, out

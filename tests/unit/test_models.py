@@ -61,13 +61,14 @@ class RecordingKeeper(ModelKeeper):
         self.learnt: list[tuple[str, str, int, int, bool]] = []   # (model, customer, t, now, label)
         self.now, self.who = 0, ""
 
-    def _labels(self, state: CustomerState, ml: dict[str, Any], now: int) -> None:
-        self.now, self.who = now, state.key
-        super()._labels(state, ml, now)
+    def on_timer(self, state: CustomerState, due: int) -> tuple[bool, int | None]:
+        self.now, self.who = due, state.key
+        return super().on_timer(state, due)
 
-    def _learn(self, name: str, t: int, x: list[float], label: bool, scored: list[float]) -> None:
+    def _learn(self, name: str, t: int, x: list[float], label: bool, scored: list[float],
+               version: str) -> None:
         self.learnt.append((name, self.who, t, self.now, label))
-        super()._learn(name, t, x, label, scored)
+        super()._learn(name, t, x, label, scored, version)
 
 
 def drive(keeper: ModelKeeper, events: list[Event],
@@ -164,6 +165,11 @@ def test_scores_reach_the_profile_with_the_model_version() -> None:
     assert 0 <= value <= 1 and at == T0 and version.startswith("logreg-") and version.endswith(".g0")
     assert keeper.command("churn_risk", "reset") and keeper.versions()[CHURN].endswith(".g1")
     assert keeper.command("all", "pin") and all(m[0].pinned for m in keeper.models.values())
+    churn = keeper.models[CHURN][0]
+    keeper._learn(CHURN, T0, [0.0] * 15, True, [0.4], churn.version)
+    assert churn.validation.n == 1 and churn.learned == 0   # pinned: judged, not taught
+    keeper._learn(CHURN, T0, [0.0] * 15, True, [0.4], "logreg-old.g0")
+    assert churn.validation.n == 1   # another model's score is not this one's to be judged by
     assert not keeper.command("nope", "reset") and not keeper.command("all", "explode")
 
 
@@ -206,3 +212,28 @@ def test_replays_give_the_same_models() -> None:
     assert a.models == b.models and a.points == b.points
     random.Random(1).shuffle(log)   # arrival order of a file does not matter: rows are sorted
     assert evaluate(sorted(log), config_for("logreg")).models == a.models
+
+
+def test_a_late_event_changes_no_label() -> None:
+    # Orders on days 0 and 20; then a late order for day 35 is applied to the
+    # state ahead of the day-30 timer (a faster partition's late event), as a
+    # shard applies late events on arrival: the day-0 example still bought again.
+    keeper = RecordingKeeper(ModelConfig())
+    replay = Replay(keeper, CFG)
+    replay.feed(order("c-1", T0, 1))
+    replay.feed(order("c-1", T0 + 20 * DAY_MS, 2))
+    late = order("c-1", T0 + 35 * DAY_MS, 3)
+    late.late = True
+    replay.states["c-1"].apply(late, CFG)   # never reaches the keeper
+    replay.fire(T0 + 31 * DAY_MS)
+    assert [(m, t, label) for m, _, t, _, label in keeper.learnt] == [(REPURCHASE, T0, True)]
+
+
+def test_settings_refuse_horizons_the_models_cannot_learn() -> None:
+    from engage.config import Settings
+
+    with pytest.raises(ValueError, match="churn_horizon: must be at least 30d"):
+        Settings.load({"churn_horizon": "20d"}, {})
+    with pytest.raises(ValueError, match="inactive_ttl: must be at least twice churn_horizon"):
+        Settings.load({"inactive_ttl": "100d"}, {})
+    assert Settings.load({"inactive_ttl": "100d", "models": "false"}, {}).models is False
