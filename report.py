@@ -378,6 +378,18 @@ def _nice_top(x: float) -> float:
     return 10 * step
 
 
+def _y_grid(left: float, top: float, plot_w: float, plot_h: float, ymax: float) -> list[str]:
+    """Six gridlines from 0 to ``ymax``, each labelled as a percentage on the left."""
+    parts = []
+    for i in range(6):
+        v = ymax * i / 5
+        y = top + plot_h - plot_h * i / 5
+        parts.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}" '
+                     f'class="grid"/><text x="{left - 6}" y="{y + 4:.1f}" class="ax" '
+                     f'text-anchor="end">{_pct(v, 1 if ymax < 0.1 else 0)}</text>')
+    return parts
+
+
 def bar_chart(arms: list[Arm], width: int = 430, height: int = 260) -> str:
     """Conversion rate by arm as bars with their 95% intervals as error bars (inline SVG)."""
     shown = [a for a in arms if a.converted.rate is not None]
@@ -387,12 +399,7 @@ def bar_chart(arms: list[Arm], width: int = 430, height: int = 260) -> str:
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
              f'viewBox="0 0 {width} {height}" role="img" aria-label="conversion by variant">',
              f'<text x="{left}" y="16" class="ct">Conversion rate by arm (95% CI)</text>']
-    for i in range(6):
-        v = ymax * i / 5
-        y = top + plot_h - plot_h * i / 5
-        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" '
-                     f'class="grid"/><text x="{left - 6}" y="{y + 4:.1f}" class="ax" '
-                     f'text-anchor="end">{_pct(v, 1 if ymax < 0.1 else 0)}</text>')
+    parts += _y_grid(left, top, plot_w, plot_h, ymax)
     slot = plot_w / max(1, len(shown))
     bw = min(70.0, slot * 0.55)
     for i, a in enumerate(shown):
@@ -438,12 +445,7 @@ def trend_chart(arms: list[Arm], width: int = 560, height: int = 260) -> str:
              f'viewBox="0 0 {width} {height}" role="img" aria-label="daily conversion trend">',
              f'<text x="{left}" y="16" class="ct">Daily conversion rate (by day of the message)'
              '</text>']
-    for i in range(6):
-        v = ymax * i / 5
-        y = top + plot_h - plot_h * i / 5
-        parts.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}" '
-                     f'class="grid"/><text x="{left - 6}" y="{y + 4:.1f}" class="ax" '
-                     f'text-anchor="end">{_pct(v, 1 if ymax < 0.1 else 0)}</text>')
+    parts += _y_grid(left, top, plot_w, plot_h, ymax)
 
     def x_of(day: str) -> float:
         i = days.index(day)

@@ -224,6 +224,17 @@ def _norm(code: str) -> str:
     return code.strip().casefold()
 
 
+def _check_order(kind: str, order_id: Any, ts: Any) -> str:
+    """Raise ValueError unless the order event's id and time are usable; returns
+    where it happened, for later messages."""
+    where = f"{kind} {order_id!r}"
+    if not isinstance(order_id, str) or not order_id:
+        raise ValueError(f"{where}: order_id must be a non-empty string")
+    if isinstance(ts, bool) or not isinstance(ts, int):
+        raise ValueError(f"{where}: ts must be epoch milliseconds (int), got {ts!r}")
+    return where
+
+
 def on_order_paid(ledger: dict[str, Any], user_id: str, order_id: str, ts: int, amount: Any,
                   coupon: Any = None) -> list[dict[str, Any]]:
     """Credit an ``order_paid`` to a touch; the conversion records to publish (maybe none).
@@ -232,11 +243,7 @@ def on_order_paid(ledger: dict[str, Any], user_id: str, order_id: str, ts: int, 
     else last touch); the others are uncredited window records of other rules.
     """
     check_ledger(ledger)
-    where = f"order_paid {order_id!r}"
-    if not isinstance(order_id, str) or not order_id:
-        raise ValueError(f"{where}: order_id must be a non-empty string")
-    if isinstance(ts, bool) or not isinstance(ts, int):
-        raise ValueError(f"{where}: ts must be epoch milliseconds (int), got {ts!r}")
+    where = _check_order("order_paid", order_id, ts)
     paid = cents(amount, where)
     if coupon is not None and not isinstance(coupon, str):
         raise ValueError(f"{where}: coupon must be a string, got {coupon!r}")
@@ -274,11 +281,7 @@ def on_order_refunded(ledger: dict[str, Any], user_id: str, order_id: str, ts: i
     order that was never credited, or a refund after its return period.
     """
     check_ledger(ledger)
-    where = f"order_refunded {order_id!r}"
-    if not isinstance(order_id, str) or not order_id:
-        raise ValueError(f"{where}: order_id must be a non-empty string")
-    if isinstance(ts, bool) or not isinstance(ts, int):
-        raise ValueError(f"{where}: ts must be epoch milliseconds (int), got {ts!r}")
+    where = _check_order("order_refunded", order_id, ts)
     refund = cents(amount, where)
     order = ledger["o"].get(order_id)
     if order is None or ts > order[_UNTIL]:

@@ -625,23 +625,22 @@ class CustomerShard(_Shard):
             if state is None:
                 continue
             fresh: list[Any] = []
-            # A model timer armed before the models were switched off is dropped.
-            if (MODEL_TIMER, "") in due_now and self.keeper is None:
-                due_now = [t for t in due_now if t[0] != MODEL_TIMER]
             if (MODEL_TIMER, "") in due_now:
                 due_now = [t for t in due_now if t[0] != MODEL_TIMER]
-                rescored, arm = self.keeper.on_timer(state, due)
-                if arm is not None:
-                    fresh.append((arm, key, MODEL_TIMER, ""))
-                # Labels learnt changed the customer's pending examples: the
-                # snapshot must take them, though the Redis document is as it was.
-                self.changed.add(key)
-                if rescored:
-                    self.dirty.add(key)
-                    # Predictive tags follow the new scores (and the profile is
-                    # brought to this moment on the way).
-                    if self.profiler is not None and self.profiler.tags_on_scores:
-                        self._profile(state, due, {"time": True}, fresh, out, None, True)
+                # No keeper: armed before the models were switched off; dropped.
+                if self.keeper is not None:
+                    rescored, arm = self.keeper.on_timer(state, due)
+                    if arm is not None:
+                        fresh.append((arm, key, MODEL_TIMER, ""))
+                    # Labels learnt changed the customer's pending examples: the
+                    # snapshot must take them, though the Redis document is as it was.
+                    self.changed.add(key)
+                    if rescored:
+                        self.dirty.add(key)
+                        # Predictive tags follow the new scores (and the profile is
+                        # brought to this moment on the way).
+                        if self.profiler is not None and self.profiler.tags_on_scores:
+                            self._profile(state, due, {"time": True}, fresh, out, None, True)
             if (PROFILE_TIMER, "") in due_now:
                 due_now = [t for t in due_now if t[0] != PROFILE_TIMER]
                 # Only the latest armed one counts; earlier ones were superseded.

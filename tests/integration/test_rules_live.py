@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from engage.connectors.kafka import ACTIONS_TOPIC, AUDIT_TOPIC
 from engage.monitoring import metrics
 
 from helpers import DAY, HOUR, MIN, T0, add, doc, paid, view
+from engine_process import until
 from stack_helpers import produce, run_engine, topic_docs
 
 pytestmark = pytest.mark.integration
@@ -122,15 +122,6 @@ def _scrape(port: int, sample: str) -> float:
     return 0.0
 
 
-def _until(predicate, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_a_running_engine_reloads_changed_rules_and_refuses_a_broken_file(
         stack, tmp_path: Path) -> None:
     rules = tmp_path / "rules.yaml"
@@ -151,22 +142,23 @@ def test_a_running_engine_reloads_changed_rules_and_refuses_a_broken_file(
                 for a in topic_docs(stack, ACTIONS_TOPIC)}
 
     try:
-        _until(lambda: _scrape(port, "engage_rules_loaded") == 1, "the engine to start")
+        until(lambda: _scrape(port, "engage_rules_loaded") == 1, "the engine to start", timeout=60)
         search_then_time_passes(T0, "c1")
-        _until(lambda: "c1" in copies(), "the first action")
+        until(lambda: "c1" in copies(), "the first action", timeout=60)
 
         # A broken save: refused whole, metered and logged; version one runs on.
         rules.write_text(RELOADABLE.replace("VERSION", "two").replace("email", "pigeon"))
-        _until(lambda: _scrape(port, 'engage_rule_reloads_total{outcome="refused"}') == 1,
-               "the refusal")
+        until(lambda: _scrape(port, 'engage_rule_reloads_total{outcome="refused"}') == 1,
+               "the refusal", timeout=60)
         search_then_time_passes(T0 + HOUR, "c2")
-        _until(lambda: "c2" in copies(), "an action under the old rules")
+        until(lambda: "c2" in copies(), "an action under the old rules", timeout=60)
 
         # The fix: picked up, and the next action carries the new version.
         rules.write_text(RELOADABLE.replace("VERSION", "two"))
-        _until(lambda: _scrape(port, 'engage_rule_reloads_total{outcome="ok"}') == 1, "the reload")
+        until(lambda: _scrape(port, 'engage_rule_reloads_total{outcome="ok"}') == 1, "the reload",
+              timeout=60)
         search_then_time_passes(T0 + 2 * HOUR, "c3")
-        _until(lambda: "c3" in copies(), "an action under the new rules")
+        until(lambda: "c3" in copies(), "an action under the new rules", timeout=60)
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
