@@ -63,7 +63,7 @@ def _check(out: Event | DeadLetter) -> None:
         assert isinstance(out, Event)
         assert out.user_id or out.anonymous_id
         # What is accepted can be stored: Redis documents are JSON.
-        orjson.dumps(out.properties)
+        orjson.dumps(out.props)
 
 
 @FUZZ
