@@ -96,7 +96,7 @@ def test_contract_shaped_objects_become_an_event_or_a_dead_letter(doc: dict[str,
     _check(out)
     if isinstance(out, Event):
         for name in ("amount", "price"):
-            value = out.properties.get(name)
+            value = out.props.get(name)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 assert math.isfinite(value) and value >= 0
 
