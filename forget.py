@@ -11,6 +11,12 @@ Two halves, because state lives in two places:
    was in flight) and remember a digest of the ids, so that events of the
    customer still in the topic, or replayed later, are ignored.
 
+On a Redis Cluster the Redis half runs per slot instead of as one script:
+the customer's own keys, then per device a check-and-delete of its link and
+the deletion of its documents, then the membership sets (from the customer's
+memberships key) and that key last, so that running it again after a
+failure finishes what was left.
+
 What happened is recorded in ``engage:erasures``: the request id, when, and
 how many keys were removed; nothing of the customer.
 """
@@ -22,15 +28,15 @@ import uuid
 from typing import Any
 
 import orjson
-import redis
+from redis.cluster import RedisCluster
 
 from engage.config import Settings
 from engage.connectors.kafka import CONTROL_TOPIC, ensure_topics, produce_all
-from engage.connectors.redis_store import connect
+from engage.connectors.redis_store import SEP, Client, connect
 from engage.events import anon_key
 from engage.rules.decide import iso
 from engage.state.keys import (ERASURES_KEY, MEMBERS_INDEX, base_key, contact_keys, link_key,
-                               members_key, state_key)
+                               members_key, memberships_key, state_key)
 
 # KEYS: the customer's own keys, then per linked device (link, device document,
 # its takeover copy), then the membership index. ARGV: the customer, the number
@@ -57,8 +63,15 @@ end
 return n
 """.replace("MEMBERS{", members_key("")[:-1])
 
+# Redis Cluster: a device's link, deleted only while it still names the customer.
+# KEYS: the link. ARGV: the customer. Returns the number of keys removed.
+_UNLINK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
-def customer_keys(client: redis.Redis, customer: str) -> tuple[list[str], list[str]]:
+
+def customer_keys(client: Client, customer: str) -> tuple[list[str], list[str]]:
     """The customer's own Redis keys, and three per device linked to them
     (link, device document, its takeover copy)."""
     own = [state_key(customer), base_key(customer), *contact_keys(customer)]
@@ -81,9 +94,35 @@ def forget(settings: Settings, customer: str, now: float | None = None) -> dict[
         None, orjson.dumps({"forget": customer, "request_id": request_id}))], settings.kafka_config)
     client = connect(settings.redis_url)
     own, per_device = customer_keys(client, customer)
-    keys = own + per_device + [MEMBERS_INDEX]
-    removed = int(client.eval(_ERASE, len(keys), *keys, customer, len(per_device) // 3))
+    if isinstance(client, RedisCluster):
+        removed = erase_on_cluster(client, customer, own, per_device)
+    else:
+        keys = own + per_device + [MEMBERS_INDEX]
+        removed = int(client.eval(_ERASE, len(keys), *keys, customer, len(per_device) // 3))
     record = {"request_id": request_id, "at": iso(int((now or time.time()) * 1000)),
               "keys_removed": removed}
     client.rpush(ERASURES_KEY, orjson.dumps(record))
     return record
+
+
+def erase_on_cluster(client: RedisCluster, customer: str, own: list[str],
+                     per_device: list[str]) -> int:
+    """What :data:`_ERASE` does, slot by slot; the number of keys (and set entries) removed.
+
+    Not atomic across slots, and need not be: the engine erases again when
+    it takes the request, and a second run of this finds nothing left.
+    """
+    removed = int(client.delete(*own))   # one slot: the customer's hash tag
+    for d in range(0, len(per_device), 3):
+        link, document, base = per_device[d:d + 3]
+        if int(client.eval(_UNLINK, 1, link, customer)):
+            # The device's documents share their own tag ({~DEVICE}), not the link's.
+            removed += 1 + int(client.delete(document, base))
+    index = memberships_key(customer)
+    was = client.get(index)
+    if was is not None:
+        for m in was.decode().split(SEP):
+            if m:
+                removed += int(client.srem(members_key(m), customer))
+        client.delete(index)   # last: a failure before leaves it to say what to redo
+    return removed

@@ -28,14 +28,15 @@ OPS = ("reset", "pin", "unpin")
 def status(settings: Settings) -> dict[str, Any]:
     """Per model: versions, labels, positives, learned, pinned, AUC, log loss,
     baseline AUC, shards reporting; empty when no engine has written any."""
-    from engage.connectors.redis_store import connect  # noqa: PLC0415
+    from engage.connectors.redis_store import connect, mget  # noqa: PLC0415
 
     if not settings.redis_url:
         raise ValueError("ENGAGE_REDIS_URL (or --redis-url) must be set: the models' summaries "
                          "are read from Redis")
     client = connect(settings.redis_url)
     keys = sorted(client.scan_iter(MODEL_PATTERN))
-    summaries = [orjson.loads(v) for v in client.mget(keys) if v is not None] if keys else []
+    # The summaries lie in different slots: mget reads a cluster slot by slot.
+    summaries = [orjson.loads(v) for v in mget(client, keys) if v is not None]
     out: dict[str, Any] = {}
     for name in MODEL_NAMES:
         mine = [s[name] for s in summaries if name in s]

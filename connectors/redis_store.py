@@ -4,6 +4,12 @@ redis-py spends most of a pipelined batch encoding commands and parsing
 replies in Python, so a batch is one ``EVALSHA`` of a small Lua script that
 does every ``SET``/``DEL`` server-side: one command, one reply, whatever the
 number of customers touched.
+
+Against a Redis Cluster (a ``redis+cluster://`` or ``rediss+cluster://`` URL)
+a script may only touch keys of one slot, so the batch is split per slot:
+one script call per slot, all of them pipelined (one round trip per node),
+then the membership sets, each updated on its own (see
+:class:`_ClusterStatePartition`).
 """
 
 from __future__ import annotations
@@ -12,17 +18,19 @@ import logging
 import queue
 import threading
 import time
-from typing import Any
+from collections import defaultdict
+from typing import Any, Callable, Union
 
 import orjson
 import redis
+from redis.cluster import RedisCluster
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from engage.monitoring import metrics
 from engage.operators.records import StateWrites
 from engage.events import anon_key
 from engage.state.keys import (CLOCK_KEY, MEMBERS_INDEX, STATE_PATTERN, link_key, members_key,
-                               state_key)
+                               memberships_key, state_key)
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +77,51 @@ end
 return nset
 """.replace("MEMBERS{", members_key("")[:-1])
 
+# Redis Cluster: one call per slot. KEYS: keys to set, keys to delete, then the
+# memberships keys (memberships_key) of customers whose sets may change.
+# ARGV: ttl seconds, number of sets, number of deletes, then the values to set.
+# Returns each memberships key's current value ('' for none): the caller
+# updates the sets first and the memberships keys last, so a batch cut short
+# is redone in full when replayed (the diff is taken against the old value).
+_WRITE_SLOT = """
+local ttl = tonumber(ARGV[1])
+local nset = tonumber(ARGV[2])
+local nkeys = nset + tonumber(ARGV[3])
+for i = 1, nset do
+  redis.call('SET', KEYS[i], ARGV[i + 3], 'EX', ttl)
+end
+for i = nset + 1, nkeys do
+  redis.call('DEL', KEYS[i])
+end
+local old = {}
+for i = nkeys + 1, #KEYS do
+  old[#old + 1] = redis.call('GET', KEYS[i]) or ''
+end
+return old
+"""
+
+# Redis Cluster: the clock key on its own (it has a slot of its own).
+_ADVANCE_CLOCK = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > current then redis.call('SET', KEYS[1], ARGV[1]) end
+return 0
+"""
+
+SEP = "\x1f"
+"""Separates membership names in the index (and in the scripts: '\\31')."""
+
+Client = Union[redis.Redis, RedisCluster]
+"""A client of one Redis node, or of a Redis Cluster (:func:`connect` picks)."""
+
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+"""URL schemes that ask for a Redis Cluster client, and the plain scheme each stands for."""
+
+# A cluster in the middle of a failover or a resharding says so with these;
+# like a lost connection, they pass once the cluster has settled.
+_RETRYABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError,
+              redis.exceptions.ClusterDownError, redis.exceptions.TryAgainError,
+              redis.exceptions.ClusterError)
+
 RETRY_BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 
 
@@ -83,7 +136,7 @@ def call_until_answered(call: Any, what: str, op: str = "other") -> Any:
     while True:
         try:
             return call()
-        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+        except _RETRYABLE as exc:
             metrics.REDIS_ERRORS.inc()
             metrics.REDIS_RETRIES.labels(op).inc()
             delay = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
@@ -96,10 +149,58 @@ def call_until_answered(call: Any, what: str, op: str = "other") -> Any:
             raise
 
 
-def connect(url: str) -> redis.Redis:
-    """A client for ``redis://`` or ``rediss://`` (TLS) URLs, with AUTH from the URL."""
+def cluster_url(url: str) -> str | None:
+    """The plain URL of a Redis Cluster URL (``redis+cluster://``), None for any other.
+
+    >>> cluster_url("rediss+cluster://:pw@r1:7000"), cluster_url("redis://r:6379/0")
+    ('rediss://:pw@r1:7000', None)
+    """
+    scheme, sep, rest = url.partition("://")
+    plain = CLUSTER_SCHEMES.get(scheme.lower()) if sep else None
+    return f"{plain}://{rest}" if plain else None
+
+
+def connect(url: str) -> Client:
+    """A client for ``redis://`` or ``rediss://`` (TLS) URLs, with AUTH from the URL;
+    a Redis Cluster client for ``redis+cluster://`` or ``rediss+cluster://`` (any node
+    of the cluster as host: the client discovers the others)."""
+    plain = cluster_url(url)
+    if plain is not None:
+        return RedisCluster.from_url(plain, socket_timeout=10, socket_connect_timeout=5,
+                                     health_check_interval=30)
     return redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5,
                                 health_check_interval=30)
+
+
+def is_cluster(client: Client) -> bool:
+    """Whether ``client`` talks to a Redis Cluster (writes must then stay within a slot)."""
+    return isinstance(client, RedisCluster)
+
+
+def run_cluster_pipeline(client: RedisCluster, scripts: dict[str, str],
+                         build: Callable[[Any], None]) -> list[Any]:
+    """Run the commands ``build`` puts in a cluster pipeline; their replies, in order.
+
+    Commands go per node in parallel (one round trip per node, not per slot).
+    Scripts go in as ``execute_command("EVALSHA", ...)``: redis-py blocks its
+    ``evalsha`` method in cluster pipelines (a leftover of redis-py-cluster),
+    while the command itself is routed by its keys' slot like any other.
+    ``scripts`` (sha -> source) are the scripts ``build`` calls by ``EVALSHA``:
+    a node that does not know one (restarted, or a new primary after a
+    failover) has them all loaded, and the pipeline is sent again: every
+    caller's commands may run twice.
+    """
+    for attempt in (0, 1):
+        pipe = client.pipeline(transaction=False)
+        build(pipe)
+        try:
+            return pipe.execute()
+        except redis.exceptions.NoScriptError:
+            if attempt:
+                raise
+            for source in scripts.values():
+                client.script_load(source)   # a cluster client loads it on every primary
+    raise AssertionError("unreachable")
 
 
 class _StatePartition(StatelessSinkPartition[Any]):
@@ -114,11 +215,12 @@ class _StatePartition(StatelessSinkPartition[Any]):
     restart: restored shards rewrite what they wrote in their last epochs.
     """
 
-    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
+    def __init__(self, client: Client, ttl_s: int) -> None:
         self.client = client
         self.ttl = str(ttl_s)
         self.script = client.register_script(_WRITE_BATCH)
-        self.queue: queue.Queue[tuple[list[str], list[Any], int, int] | None] = queue.Queue()
+        # (what _send writes, keys set, keys deleted, clock written): one batch.
+        self.queue: queue.Queue[tuple[Any, int, int, int] | None] = queue.Queue()
         self.idle = threading.Event()
         self.idle.set()
         self.failure: BaseException | None = None
@@ -134,8 +236,9 @@ class _StatePartition(StatelessSinkPartition[Any]):
         if self.failure is not None:
             raise RuntimeError("the Redis state writer stopped") from self.failure
 
-    def write_batch(self, items: list[StateWrites]) -> None:
-        self._wait_idle()
+    @staticmethod
+    def _merge(items: list[StateWrites]) -> tuple[dict[str, bytes | None], dict[str, str], int]:
+        """One batch's writes, memberships and clock; the last write of a key wins."""
         # Last write wins within a batch (a state set, then deleted on expiry).
         latest: dict[str, bytes | None] = {}
         members: dict[str, str] = {}
@@ -146,6 +249,11 @@ class _StatePartition(StatelessSinkPartition[Any]):
                 members.update(item.members)
             if item.watermark > clock:
                 clock = item.watermark
+        return latest, members, clock
+
+    def write_batch(self, items: list[StateWrites]) -> None:
+        self._wait_idle()
+        latest, members, clock = self._merge(items)
         if not latest and not clock and not members:
             return
         sets = [(k, v) for k, v in latest.items() if v is not None]
@@ -156,7 +264,7 @@ class _StatePartition(StatelessSinkPartition[Any]):
         for customer, now_in in members.items():
             args.extend((customer, now_in))
         self.idle.clear()
-        self.queue.put((keys, args, len(sets), len(dels)))
+        self.queue.put(((keys, args), len(sets), len(dels), clock))
 
     def _drain(self) -> None:
         try:
@@ -164,9 +272,9 @@ class _StatePartition(StatelessSinkPartition[Any]):
                 job = self.queue.get()
                 if job is None:
                     return
-                keys, args, n_set, n_del = job
+                payload, n_set, n_del, clock = job
                 started = time.perf_counter()
-                self._call(keys, args)
+                self._call(payload, clock)
                 metrics.STATE_WRITE_SECONDS.observe(time.perf_counter() - started)
                 metrics.STATE_KEYS_WRITTEN.labels("set").inc(n_set)
                 if n_del:
@@ -176,22 +284,26 @@ class _StatePartition(StatelessSinkPartition[Any]):
             self.failure = exc
             log.exception("Redis state writer failed")
 
-    def _call(self, keys: list[str], args: list[Any]) -> None:
+    def _send(self, payload: Any) -> None:
+        """One batch to Redis: the script, once."""
+        keys, args = payload
+        self.script(keys=keys, args=args)
+
+    def _call(self, payload: Any, clock: int) -> None:
         """Write, waiting for Redis while it is unreachable (the queue then fills).
 
         A batch whose reply was lost may already have run: running it again
         sets the same whole documents and memberships, so nothing counts twice.
         """
         try:
-            self.script(keys=keys, args=args)
-        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+            self._send(payload)
+        except _RETRYABLE as exc:
             metrics.REDIS_ERRORS.inc()
             metrics.REDIS_RETRIES.labels("state_write").inc()
             log.warning("Redis write failed (%s); waiting for Redis", exc)
             self._check_kept_data()
-            call_until_answered(lambda: self.script(keys=keys, args=args), "Redis write",
-                                "state_write")
-        if int(args[2]) > 0:
+            call_until_answered(lambda: self._send(payload), "Redis write", "state_write")
+        if clock > 0:
             self.clock_written = True
 
     def _check_kept_data(self) -> None:
@@ -217,6 +329,122 @@ class _StatePartition(StatelessSinkPartition[Any]):
         self.client.close()
 
 
+class _ClusterBatch:
+    """One batch for a Redis Cluster: writes grouped per slot, memberships, clock."""
+
+    __slots__ = ("slots", "members", "clock")
+
+    def __init__(self, slots: dict[int, tuple[list[str], list[bytes], list[str], list[str]]],
+                 members: dict[str, str], clock: int) -> None:
+        #: slot -> (keys to set, their values, keys to delete, customers whose sets may change)
+        self.slots = slots
+        self.members = members
+        self.clock = clock
+
+
+class _ClusterStatePartition(_StatePartition):
+    """The state writer against a Redis Cluster, where a script sees one slot only.
+
+    A batch takes up to three pipelined round trips (each one per node, in parallel):
+
+    1. per slot, one script call sets and deletes that slot's keys and reads
+       the memberships keys (:func:`~engage.state.keys.memberships_key`) of
+       its customers; the clock has its own call;
+    2. the membership sets that change: one ``SADD``/``SREM`` per set;
+    3. the memberships keys, set to the new lists.
+
+    Sets before memberships keys: a batch cut short after step 2 is replayed
+    after a restart (restored shards rewrite their last epochs) against the
+    old memberships keys, so the same diff is applied again and the sets
+    converge; only the atomicity of a document with its sets is lost (for
+    one batch, a reader may see a document before its sets follow).
+    """
+
+    def __init__(self, client: RedisCluster, ttl_s: int) -> None:
+        super().__init__(client, ttl_s)
+        self.cluster = client
+        self.write_sha = client.script_load(_WRITE_SLOT)
+        self.clock_sha = client.script_load(_ADVANCE_CLOCK)
+        self.scripts = {self.write_sha: _WRITE_SLOT, self.clock_sha: _ADVANCE_CLOCK}
+
+    def write_batch(self, items: list[StateWrites]) -> None:
+        self._wait_idle()
+        latest, members, clock = self._merge(items)
+        if not latest and not clock and not members:
+            return
+        slot_of = self.cluster.keyslot
+        slots: dict[int, tuple[list[str], list[bytes], list[str], list[str]]] = {}
+        n_set = n_del = 0
+        for key, value in latest.items():
+            slot = slot_of(key)
+            group = slots.get(slot)
+            if group is None:
+                group = slots[slot] = ([], [], [], [])
+            if value is None:
+                group[2].append(key)
+                n_del += 1
+            else:
+                group[0].append(key)
+                group[1].append(value)
+                n_set += 1
+        for customer in members:
+            slot = slot_of(memberships_key(customer))
+            group = slots.get(slot)
+            if group is None:
+                group = slots[slot] = ([], [], [], [])
+            group[3].append(customer)
+        self.idle.clear()
+        self.queue.put((_ClusterBatch(slots, members, clock), n_set, n_del, clock))
+
+    def _send(self, payload: Any) -> None:
+        batch: _ClusterBatch = payload
+        order = list(batch.slots.values())
+
+        def documents(pipe: Any) -> None:
+            for sets, values, dels, customers in order:
+                keys = [*sets, *dels, *(memberships_key(c) for c in customers)]
+                pipe.execute_command("EVALSHA", self.write_sha, len(keys), *keys, self.ttl,
+                                     len(sets), len(dels), *values)
+            if batch.clock:
+                pipe.execute_command("EVALSHA", self.clock_sha, 1, CLOCK_KEY, batch.clock)
+
+        replies = run_cluster_pipeline(self.cluster, self.scripts, documents)
+        changed: dict[str, str] = {}
+        joins: dict[str, list[str]] = defaultdict(list)
+        leaves: dict[str, list[str]] = defaultdict(list)
+        for (_, _, _, customers), old_values in zip(order, replies):
+            for customer, old_raw in zip(customers, old_values):
+                old = old_raw.decode() if isinstance(old_raw, bytes) else str(old_raw)
+                now = batch.members[customer]
+                if old == now:
+                    continue
+                changed[customer] = now
+                was, is_in = set(old.split(SEP)) - {""}, set(now.split(SEP)) - {""}
+                for m in is_in - was:
+                    joins[m].append(customer)
+                for m in was - is_in:
+                    leaves[m].append(customer)
+        if not changed:
+            return
+
+        def sets(pipe: Any) -> None:
+            for m, customers in joins.items():
+                pipe.sadd(members_key(m), *customers)
+            for m, customers in leaves.items():
+                pipe.srem(members_key(m), *customers)
+
+        def index(pipe: Any) -> None:
+            for customer, now in changed.items():
+                if now:
+                    pipe.set(memberships_key(customer), now)
+                else:
+                    pipe.delete(memberships_key(customer))
+
+        if joins or leaves:
+            run_cluster_pipeline(self.cluster, {}, sets)
+        run_cluster_pipeline(self.cluster, {}, index)
+
+
 class RedisStateSink(DynamicSink[StateWrites]):
     """Writes :class:`StateWrites` records, one round trip per batch."""
 
@@ -225,30 +453,55 @@ class RedisStateSink(DynamicSink[StateWrites]):
         self.ttl_s = ttl_s
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _StatePartition:
-        return _StatePartition(connect(self.url), self.ttl_s)
+        client = connect(self.url)
+        if isinstance(client, RedisCluster):
+            return _ClusterStatePartition(client, self.ttl_s)
+        return _StatePartition(client, self.ttl_s)
+
+
+def mget(client: Client, keys: list[str]) -> list[bytes | None]:
+    """The values of ``keys``, in order: one ``MGET``, or on a cluster one per slot
+    (pipelined, so one round trip per node; not atomic across slots)."""
+    if not keys:
+        return []
+    if isinstance(client, RedisCluster):
+        return client.mget_nonatomic(keys)
+    return client.mget(keys)
 
 
 def make_loader(url: str) -> Any:
-    """A bootstrap loader: several keys in one ``MGET``."""
+    """A bootstrap loader: several keys in one ``MGET`` (per slot on a cluster)."""
     client = connect(url)
 
     def load(keys: list[str]) -> list[bytes | None]:
         # Like writes, a takeover waits for Redis rather than start customers empty.
-        return call_until_answered(lambda: client.mget(keys), "bootstrap read",
+        return call_until_answered(lambda: mget(client, keys), "bootstrap read",
                                    "bootstrap") if keys else []
 
     return load
 
 
-def has_state(client: redis.Redis) -> bool:
-    """True when Redis already holds customer state (written by any deployment)."""
+def _node_has_state(client: redis.Redis) -> bool:
     cursor, keys = client.scan(0, match=STATE_PATTERN, count=1000)
     while not keys and cursor:
         cursor, keys = client.scan(cursor, match=STATE_PATTERN, count=1000)
     return bool(keys)
 
 
-def read_customer(client: redis.Redis, some_id: str) -> tuple[str, dict[str, Any]] | None:
+def primaries(client: Client) -> list[redis.Redis]:
+    """A client per node that holds data: the node itself, or every primary of a cluster."""
+    if isinstance(client, RedisCluster):
+        return [client.get_redis_connection(node) for node in client.get_primaries()]
+    return [client]
+
+
+def has_state(client: Client) -> bool:
+    """True when Redis already holds customer state (written by any deployment);
+    on a cluster, when any primary holds some."""
+    return any(_node_has_state(node) for node in primaries(client))
+
+
+def read_customer(client: Client, some_id: str) -> tuple[str, dict[str, Any]] | None:
     """The state document for a customer id, or for a device id via its link."""
     raw = client.get(state_key(some_id))
     key = some_id
@@ -265,7 +518,7 @@ def read_customer(client: redis.Redis, some_id: str) -> tuple[str, dict[str, Any
     return key, orjson.loads(raw)
 
 
-def read_clock(client: redis.Redis) -> int | None:
+def read_clock(client: Client) -> int | None:
     """The event-time watermark the engine last published."""
     raw = client.get(CLOCK_KEY)
     return int(raw) if raw is not None else None

@@ -60,6 +60,19 @@ MEMBERS_INDEX = f"{PREFIX}:memberships"
 can leave the sets it no longer belongs to."""
 
 
+def memberships_key(customer: str) -> str:
+    """Redis Cluster only: the sets one customer is in (joined by \\x1f), in the customer's slot.
+
+    The single hash :data:`MEMBERS_INDEX` lives in one slot, which a cluster
+    cannot update in the same script as the customer's document; this key
+    shares the customer's hash tag instead.
+
+    >>> memberships_key("c-1")
+    'engage:memberships:{c-1}'
+    """
+    return f"{PREFIX}:memberships:{{{customer}}}"
+
+
 def members_key(membership: str) -> str:
     """The set of customers with a tag, or in a stage, tier or segment.
 
