@@ -387,6 +387,12 @@ def merge(into: dict[str, Any], other: dict[str, Any]) -> None:
     _cap_orders(into)
 
 
+def refunded_cents(ledger: dict[str, Any], order_id: str) -> int:
+    """Cents refunded so far on a credited order held by the ledger (0 when not held)."""
+    order = ledger["o"].get(order_id)
+    return order[_REFUNDED] if order is not None else 0
+
+
 def touches(ledger: dict[str, Any]) -> list[Touch]:
     """The touches held, oldest first, as :class:`Touch` objects (for reading, not the hot path)."""
     check_ledger(ledger)

@@ -32,7 +32,10 @@ AUDIT_TOPIC = "engage.audit"
 PROFILE_TOPIC = "engage.profile_changes"
 #: Requests to the running engine (``engage forget``); internal, not part of the contract.
 CONTROL_TOPIC = "engage.control"
-ALL_TOPICS = (EVENTS_TOPIC, ACTIONS_TOPIC, DLQ_TOPIC, AUDIT_TOPIC, PROFILE_TOPIC, CONTROL_TOPIC)
+#: Conversion records of the attribution step (engage.operators.attribution).
+CONVERSIONS_TOPIC = "engage.conversions"
+ALL_TOPICS = (EVENTS_TOPIC, ACTIONS_TOPIC, DLQ_TOPIC, AUDIT_TOPIC, PROFILE_TOPIC, CONTROL_TOPIC,
+              CONVERSIONS_TOPIC)
 
 #: How long a partition with nothing buffered waits before it is polled again.
 IDLE_POLL = timedelta(milliseconds=5)

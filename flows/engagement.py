@@ -2,14 +2,16 @@
 
 Read top to bottom, this is the path of one event::
 
-    engage.events ─ ingest (parse, late?, tick) ─┬─ dead letters ─────────────────────────────────┐
-                                                 ├─ identity (device shards) ─┐                   │
+    engage.events ─ ingest (parse, late?, tick) ─┬─ dead letters ──────────────────────────────┐
+                                                 ├─ identity (device shards) ─┐                │
                                                  └────────────────────────────┴─ customers (shards, rules)
-                                                                                ├─ state → Redis  │
-                                                                                ├─ profile changes ───┤
-                                                                                └─ decisions ─ contact
-                                                                                   ledger ─ actions,
-                                                                                   audit ─────────┴→ Kafka
+                                                                                ├─ state → Redis
+                                                                                ├─ profile changes ┤
+                                                                                ├─ decisions ─ contact ledger
+                                                                                │   ├─ actions, audit ─┤
+                                                                                │   └─ touches ─┐      │
+                                                                                └─ orders ──────┴─ attribution
+                                                                                    (shards) ─ conversions ┴→ Kafka
 
 Every step between the source and the sinks takes whole batches, so Python
 is called once per batch and shard, not once per event. Connectors are
@@ -30,13 +32,14 @@ from bytewax.outputs import Sink
 
 from engage.config import Settings
 from engage.connectors.kafka import DLQ_TOPIC
+from engage.operators.attribution import kafka_messages, to_attribution
 from engage.operators.contact import ContactPolicy
 from engage.operators.ingest import ControlSource, IngestSource, Now
 from engage.operators.parse import DeadLetter
 from engage.operators.records import Emit, RawRecord, StateWrites
 from engage.operators.routing import Router
 from engage.operators.shards import Bootstrap, ShardConfig, forget_model_summaries
-from engage.operators.steps import customer_step, identity_step
+from engage.operators.steps import attribution_step, customer_step, identity_step
 
 
 
@@ -122,7 +125,15 @@ def build_flow(settings: Settings, source: FixedPartitionedSource[RawRecord, Any
         "state_writes",
         op.flat_map_batch("identity_state", identity, state_writes),
         op.flat_map_batch("customer_state", customers, state_writes)), state_sink)
-    op.output("write_kafka", op.merge(
-        "kafka_messages", dead_letters,
-        op.flat_map_batch("contact_policy", customers, contact)), kafka_sink)
+    checked = op.flat_map_batch("contact_policy", customers, contact)
+    messages = [dead_letters, op.flat_map_batch("checked_messages", checked, kafka_messages)]
+    if rules is not None:
+        # Keyed like the customer step: shard n's touches and orders stay on its worker.
+        attribution = op.stateful_batch(
+            "attribution",
+            op.flat_map_batch("route_to_attribution", checked,
+                              to_attribution(settings.customer_shards)),
+            attribution_step(shard_cfg.lateness_ms))
+        messages.append(op.flat_map_batch("conversions", attribution, kafka_messages))
+    op.output("write_kafka", op.merge("kafka_messages", *messages), kafka_sink)
     return flow

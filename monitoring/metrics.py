@@ -41,6 +41,31 @@ ACTION_LATENCY = Histogram("engage_action_latency_seconds",
 ACTIONS_SUPPRESSED = Counter("engage_actions_suppressed_total",
                              "Decisions not sent, written to engage.audit, by reason.",
                              ["rule_id", "reason"])
+# Attribution (engage.attribution): labels are the touch's rule, variant ("control"
+# for the held-out group, "none" for a rule without variants) and channel.
+_TOUCH_LABELS = ["rule_id", "variant", "channel"]
+ATTRIBUTION_TOUCHES = Counter("engage_attribution_touches_total",
+                              "Touches remembered for attribution: actions sent and control-"
+                              "group decisions.", _TOUCH_LABELS)
+CONVERSIONS = Counter("engage_conversions_total",
+                      "Orders credited to a touch (last touch, or the touch whose coupon was "
+                      "used); variant=\"control\" counts the control group's conversions.",
+                      _TOUCH_LABELS)
+REDEMPTIONS = Counter("engage_redemptions_total",
+                      "Credited orders that used the coupon their touch carried.", _TOUCH_LABELS)
+ATTRIBUTED_REVENUE = Counter("engage_attributed_revenue_cents_total",
+                             "Revenue of credited orders, in cents of the order's currency.",
+                             _TOUCH_LABELS)
+REFUNDED_REVENUE = Counter("engage_refunded_revenue_cents_total",
+                           "Refunds of credited orders inside their return period, in cents.",
+                           _TOUCH_LABELS)
+CONVERSIONS_REVERSED = Counter("engage_conversions_reversed_total",
+                               "Credited conversions refunded in full.", _TOUCH_LABELS)
+ATTRIBUTION_SKIPPED = Counter("engage_attribution_skipped_total",
+                              "Orders attribution could not use, by reason (bad_order).",
+                              ["reason"])
+ATTRIBUTION_CUSTOMERS = Gauge("engage_attribution_customers",
+                              "Customers with touches or credited orders held for attribution.")
 CUSTOMERS_EXPIRED = Counter("engage_customers_expired_total",
                             "Customer and device states dropped after the inactivity TTL.")
 CUSTOMERS_HOT = Gauge("engage_customers_hot", "Customer and device states held in memory.", ["step"])

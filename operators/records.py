@@ -75,6 +75,36 @@ class Decision(NamedTuple):
     retried: bool = False      # already waited once after losing an arbitration
     trigger_ts: int = 0
     anchor: str = ""
+    #: When, in event time, the decision was made (a deferral's end for a deferred one).
+    moment_ts: int = 0
+    #: The rule's attribution window; 0: not a touch (transactional, refused before sending).
+    window_ms: int = 0
+
+
+class Order(NamedTuple):
+    """An ``order_paid`` or ``order_refunded`` a customer shard applied, for attribution.
+
+    Leaves the customer shard in event-time order among the decisions it
+    made, so the attribution step sees touches and orders as they happened.
+    """
+
+    kind: str          # order_paid or order_refunded
+    user_id: str
+    order_id: str
+    ts: int
+    amount: Any
+    coupon: Any = None
+    event_id: str = ""
+
+
+class Touched(NamedTuple):
+    """An action sent, or a control-group decision recorded: a touch to remember.
+
+    ``touch`` is an :class:`engage.attribution.ledger.Touch`.
+    """
+
+    user_id: str
+    touch: Any
 
 
 class Forget(NamedTuple):

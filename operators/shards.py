@@ -34,7 +34,7 @@ from engage.events import Event, anon_key
 from engage.monitoring import metrics
 from engage.operators.event_time import NO_WATERMARK, Watermark
 from engage.rules.decide import mark
-from engage.operators.records import Emit, Forget, Merge, ModelCommand, StateWrites, Tick
+from engage.operators.records import Emit, Forget, Merge, ModelCommand, Order, StateWrites, Tick
 from engage.operators.routing import shard_of
 from engage.state.customer import CustomerState, StateConfig
 from engage.state.keys import (base_key, contact_keys, id_digest, link_key, model_key,
@@ -519,6 +519,10 @@ class CustomerShard(_Shard):
             key = item.user_id or ""
             state = self.states.get(key) or self._state(key)
             state.apply(item, cfg)
+            if runner is not None and (item.type == "order_paid" or item.type == "order_refunded"):
+                props = item.props
+                out.append(Order(item.type, key, props["order_id"], item.ts, props["amount"],
+                                 props.get("coupon"), item.event_id))
             if item.late:
                 metrics.LATE_EVENTS.inc()
             else:
@@ -562,6 +566,8 @@ class CustomerShard(_Shard):
             self.runner.pending = self.pending
         for redis_key in (state_key(key), base_key(key), *contact_keys(key)):
             self.writes[redis_key] = None
+        if self.cfg.rules is not None:
+            out.append(request)   # the attribution step drops the customer's ledger
         metrics.ERASURES.labels(self.step).inc()
         log.info("erasure %s: customer dropped", request.request_id)
 

@@ -16,6 +16,7 @@ from typing import Any, Iterable
 from bytewax.operators import StatefulBatchLogic
 
 from engage.events import Event
+from engage.operators.attribution import AttributionShard
 from engage.operators.records import Merge, Tick
 from engage.operators.shards import Bootstrap, CustomerShard, IdentityShard, ShardConfig
 
@@ -25,7 +26,7 @@ _PASSED_ON = (Event, Merge, Tick)
 class ShardStep(StatefulBatchLogic):
     """Delegates every call of Bytewax's stateful-step protocol to a shard."""
 
-    def __init__(self, shard: CustomerShard | IdentityShard) -> None:
+    def __init__(self, shard: CustomerShard | IdentityShard | AttributionShard) -> None:
         self.shard = shard
 
     def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
@@ -67,3 +68,8 @@ def customer_step(cfg: ShardConfig, bootstrap: Bootstrap | None) -> Any:
 def identity_step(cfg: ShardConfig, bootstrap: Bootstrap | None) -> Any:
     """Builder of the identity step."""
     return lambda resume: IdentityStep(IdentityShard(cfg, resume, bootstrap))
+
+
+def attribution_step(grace_ms: int) -> Any:
+    """Builder of the attribution step; ``grace_ms`` is the allowed lateness."""
+    return lambda resume: ShardStep(AttributionShard(grace_ms, resume))

@@ -353,7 +353,9 @@ class RuleRunner:
         arm = rule.action.bucket(rule.id, state.key)
         if arm == "control":
             doc["variant"] = "control"
-            moment.append(self._refused(doc, "control"))
+            # Held out, yet a touch: its customer's orders measure the control group.
+            moment.append(self._refused(doc, "control")._replace(
+                moment_ts=moment_ts, window_ms=self._window(rule)))
             return
         if arm is not None:
             doc["variant"] = arm
@@ -392,7 +394,7 @@ class RuleRunner:
         request = None if rule.transactional else self._request(rule, state, doc, channel,
                                                                moment_ts, tz)
         moment.append(Decision(doc, request, rule.action.priority, rule.transactional, retried,
-                               trigger_ts, anchor))
+                               trigger_ts, anchor, moment_ts, self._window(rule)))
 
     def _retry(self, pending: Pending, state: CustomerState, now_ts: int, moment: list[Decision],
                timers: list[Timer]) -> None:
@@ -462,7 +464,7 @@ class RuleRunner:
     def _doc(self, rule: Rule, state: CustomerState, ctx: Context, aid: str, trigger_ts: int,
              trigger_ids: list[str]) -> dict[str, Any]:
         decided = int(self.now() * 1000) if self.live else ctx.as_of
-        return {
+        doc: dict[str, Any] = {
             "action_id": aid,
             "rule_id": rule.id,
             "rule_version": rule.version,
@@ -476,6 +478,17 @@ class RuleRunner:
                         "trigger": _describe(rule),
                         "conditions": [c.text for c in rule.conditions]},
         }
+        if rule.transactional:
+            # Senders may route service messages differently; attribution and
+            # the report leave them out (they serve an order, not cause one).
+            doc["transactional"] = True
+        return doc
+
+    @staticmethod
+    def _window(rule: Rule) -> int:
+        """The attribution window of the rule's touches; 0 for a transactional rule,
+        whose messages (receipts, shipping notes) serve an order, not cause one."""
+        return 0 if rule.transactional else rule.attribution_window_ms
 
     def _refused(self, doc: dict[str, Any], reason: str) -> Decision:
         doc["reason"] = reason
