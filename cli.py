@@ -178,13 +178,22 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Conversions, uplift and suppressions per rule and variant, from JSON-lines files."""
+    """Conversions, uplift and suppressions per rule and variant: from the engine's topics,
+    or from JSON-lines files."""
     from engage.report import main as report_main  # noqa: PLC0415
 
     paths = (args.actions or []) + (args.audit or []) + (args.conversions or [])
-    if not paths:
-        raise ValueError("give at least one of --actions, --audit, --conversions")
-    return report_main(paths, args.since, args.rules, args.format, sys.stdout, args.basis)
+    if paths:
+        return report_main(paths, args.since, args.rules, args.format, sys.stdout, args.basis)
+    bootstrap = _settings(args).kafka_bootstrap
+    if not bootstrap:
+        raise ValueError("give --actions, --audit or --conversions files, or point "
+                         "ENGAGE_KAFKA_BOOTSTRAP (--kafka-bootstrap) at the engine's Kafka to "
+                         "read engage.actions, engage.audit and engage.conversions")
+    from engage.report import read_topics  # noqa: PLC0415
+
+    return report_main([], args.since, args.rules, args.format, sys.stdout, args.basis,
+                       docs=read_topics(bootstrap))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -301,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
                        ("--conversions", "conversion records")):
         report.add_argument(flag, action="append", metavar="FILE",
                             help=f"JSON lines of {what}; repeatable")
+    report.add_argument("--kafka-bootstrap", dest="kafka_bootstrap",
+                        help="read the engine's topics there when no file is given "
+                             "(default: ENGAGE_KAFKA_BOOTSTRAP)")
     report.add_argument("--since", help="touches from this ISO date/time, or a duration (30d) "
                                         "back from the newest touch")
     report.add_argument("--rules", help="only these rule ids, ',' separated")

@@ -5,7 +5,9 @@ the contact ledger's caps and conflict groups), with the file as its input,
 an in-memory ledger, and event time as the decision clock. Marketing uses
 it to backtest a rule file on last month's events before it goes live:
 what would have been sent, what would have been suppressed and why, per
-rule. Nothing reaches Kafka or Redis.
+rule, and which orders each rule and variant would have been credited with
+(the attribution step runs too: ``--json`` output feeds ``engage report``).
+Nothing reaches Kafka or Redis.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import orjson
 from bytewax.testing import run_main
 
 from engage.config import Settings
-from engage.connectors.kafka import PROFILE_TOPIC
+from engage.connectors.kafka import CONVERSIONS_TOPIC, PROFILE_TOPIC
 from engage.connectors.memory import ListSink, ListSource
 from engage.flows.engagement import build_flow
 from engage.operators.contact import ContactPolicy
@@ -43,6 +45,33 @@ class ReplayResult:
     dead_letters: list[tuple[str, str]]   # (reason, detail)
     events: int
     profile_changes: list[dict[str, Any]] = field(default_factory=list)
+    #: Conversion records of the attribution step, as ``engage.conversions`` would carry them.
+    conversions: list[dict[str, Any]] = field(default_factory=list)
+
+    def attribution(self) -> dict[str, dict[str, dict[str, int]]]:
+        """Per rule and arm (variant, ``control``, or ``-``): touches, credited conversions,
+        redemptions and net revenue in cents, from the newest record of each conversion."""
+        latest: dict[str, dict[str, Any]] = {}
+        for rec in self.conversions:
+            old = latest.get(rec["conversion_id"])
+            if old is None or rec["refunded_cents"] >= old["refunded_cents"]:
+                latest[rec["conversion_id"]] = rec
+        out: dict[str, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
+        for doc in self.actions:
+            if not doc.get("transactional"):
+                out[doc["rule_id"]][doc.get("variant") or "-"]["touches"] += 1
+        for doc in self.suppressed:
+            if doc["reason"] == "control":
+                out[doc["rule_id"]]["control"]["touches"] += 1
+        for rec in latest.values():
+            if not rec["credited"] or rec["reversed"]:
+                continue
+            arm = out[rec["rule_id"]][rec["variant"] or "-"]
+            arm["converted"] += 1
+            arm["redeemed"] += rec["redeemed"]
+            arm["net_cents"] += rec["net_cents"]
+        return {rule: {arm: dict(c) for arm, c in sorted(arms.items())}
+                for rule, arms in sorted(out.items())}
 
     def summary(self) -> dict[str, dict[str, int]]:
         """Per rule: fired (sent), then a count per suppression reason, and deferred."""
@@ -93,7 +122,7 @@ def replay(events_path: str, rules: list[str] | str | None, settings: Settings |
                       kafka, lineage="replay", live=False, finish_on_eof=True,
                       now=lambda: now, rules=book, contact=ContactPolicy(MemoryLedger.empty()))
     run_main(flow)
-    actions, suppressed, dead, changes = [], [], [], []
+    actions, suppressed, dead, changes, conversions = [], [], [], [], []
     for emit in kafka.items or []:
         assert isinstance(emit, Emit)
         if emit.topic == "engage.dlq":
@@ -103,9 +132,11 @@ def replay(events_path: str, rules: list[str] | str | None, settings: Settings |
             actions.append(orjson.loads(emit.value or b"{}"))
         elif emit.topic == PROFILE_TOPIC:
             changes.append(orjson.loads(emit.value or b"{}"))
+        elif emit.topic == CONVERSIONS_TOPIC:
+            conversions.append(orjson.loads(emit.value or b"{}"))
         else:
             suppressed.append(orjson.loads(emit.value or b"{}"))
-    return ReplayResult(actions, suppressed, dead, len(records), changes)
+    return ReplayResult(actions, suppressed, dead, len(records), changes, conversions)
 
 
 def _latest_ts(records: list[tuple[int, int, bytes, bytes]]) -> int:
@@ -127,8 +158,13 @@ def print_result(result: ReplayResult, out: TextIO, as_json: bool = False) -> No
             out.write(orjson.dumps({"sent": True, **doc}).decode() + "\n")
         for doc in result.suppressed:
             out.write(orjson.dumps({"sent": False, **doc}).decode() + "\n")
+        # Conversion records as engage.conversions carries them: `engage report`
+        # reads this output as it is.
+        for rec in result.conversions:
+            out.write(orjson.dumps(rec).decode() + "\n")
         out.write(orjson.dumps({"summary": result.summary(), "events": result.events,
-                                "dead_letters": len(result.dead_letters)}).decode() + "\n")
+                                "dead_letters": len(result.dead_letters),
+                                "attribution": result.attribution()}).decode() + "\n")
         return
     decided = sorted([(d["trigger_ts"], True, d) for d in result.actions]
                      + [(d["trigger_ts"], False, d) for d in result.suppressed],
@@ -144,6 +180,15 @@ def print_result(result: ReplayResult, out: TextIO, as_json: bool = False) -> No
     for rule, counts in result.summary().items():
         rest = ", ".join(f"{k} {v}" for k, v in counts.items() if k != "fired")
         out.write(f"{rule:32s} {counts.get('fired', 0):6d}  {rest}\n")
+    attribution = result.attribution()
+    if attribution:
+        out.write(f"\n{'rule [arm]':32s} {'touches':>8s} {'converted':>10s} {'redeemed':>9s} "
+                  f"{'net revenue':>12s}   (last touch; engage report for intervals)\n")
+        for rule, arms in attribution.items():
+            for arm, c in arms.items():
+                out.write(f"{rule + ' [' + arm + ']':32s} {c.get('touches', 0):8d} "
+                          f"{c.get('converted', 0):10d} {c.get('redeemed', 0):9d} "
+                          f"{c.get('net_cents', 0) / 100:12.2f}\n")
 
 
 def main(events: str, rules: str | None, as_json: bool, out: TextIO) -> int:

@@ -1,6 +1,7 @@
 """``engage report``: what each rule caused, per variant, from its actions, audit and conversions.
 
-Reads three streams the engine writes (or ``engage replay --json`` prints):
+Reads three streams the engine writes, from its Kafka topics or from files
+(``engage replay --json`` prints all three):
 action docs (``engage.actions``: messages sent), audit docs
 (``engage.audit``: decisions not sent, with their ``reason``; ``control``
 ones are the held-out group) and conversion records
@@ -201,6 +202,8 @@ def build_report(actions: Iterable[tuple[str, Mapping[str, Any]]],
         return (wanted is None or rule in wanted) and (since is None or ts >= since)
 
     for where, doc in actions:
+        if doc.get("transactional") is True:
+            continue   # a receipt or a shipping note: not a touch (see the ledger)
         rule, aid = _text(doc, "rule_id", where), _text(doc, "action_id", where)
         ts = touch_time(doc, where)
         payload = doc.get("payload")
@@ -603,12 +606,37 @@ def parse_since(text: str | None, touches_ms: Iterable[int]) -> int | None:
     return newest - span
 
 
+def read_topics(bootstrap: str, timeout: float = 120.0) -> list[tuple[str, dict[str, Any]]]:
+    """``(topic/partition@offset, doc)`` of every message on the engine's actions, audit and
+    conversions topics (read from the start; a topic not created yet reads as empty)."""
+    from engage.connectors.kafka import (  # noqa: PLC0415 - files need no Kafka client
+        ACTIONS_TOPIC, AUDIT_TOPIC, CONVERSIONS_TOPIC, read_topic)
+
+    docs: list[tuple[str, dict[str, Any]]] = []
+    for topic in (ACTIONS_TOPIC, AUDIT_TOPIC, CONVERSIONS_TOPIC):
+        try:
+            messages = read_topic(bootstrap, topic, timeout)
+        except KeyError:
+            continue
+        for m in messages:
+            where = f"{topic}/{m.partition()}@{m.offset()}"
+            try:
+                doc = orjson.loads(m.value() or b"")
+            except orjson.JSONDecodeError as exc:
+                raise ValueError(f"{where}: not JSON ({exc})") from None
+            if not isinstance(doc, dict):
+                raise ValueError(f"{where}: expected a JSON object, got {type(doc).__name__}")
+            docs.append((where, doc))
+    return docs
+
+
 def main(paths: list[str], since: str | None, rules: str | None, fmt: str, out: TextIO,
-         basis: str = "last_touch") -> int:
-    """The command: read the files, build the report, write it in ``fmt``."""
+         basis: str = "last_touch", docs: list[tuple[str, dict[str, Any]]] | None = None) -> int:
+    """The command: read the files (or take ``docs`` read elsewhere), build the report,
+    write it in ``fmt``."""
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    docs: list[tuple[str, dict[str, Any]]] = []
+    docs = list(docs or [])
     for p in paths:
         if not Path(p).is_file():
             raise ValueError(f"{p}: no such file")
