@@ -35,6 +35,7 @@ NOT_EXERCISED = {
     "engage_erasures_total",            # nobody is forgotten (test_forget.py)
     "engage_model_auc",                 # no label comes due in minutes of event time
     "engage_model_baseline_auc",        # (the models' AUC: test_models.py)
+    "engage_attribution_skipped_total",  # every order is countable (test_attribution_step.py)
 }
 
 
@@ -55,6 +56,9 @@ def test_every_dashboard_alert_and_documented_metric_is_exported_by_a_live_engin
         produce(stack, [
             doc("search", now - 30_000, "c-1", query="sofa"),            # answered
             doc("search", now - 29_000, "c-1", query="lamp"),            # capped: 1 a day
+            doc("order_paid", now - 25_000, "c-1", order_id="o-1", amount=80.0,
+                coupon="SEARCH5"),                                       # credited, redeemed
+            doc("order_refunded", now - 24_000, "c-1", order_id="o-1", amount=80.0),  # reversed
             view(now - 28_000, anon="d-1"), login(now - 27_000, "c-2", "d-1"),   # a link
             b"{not json",                                                # a dead letter
             *[view(now - 1_000 + i, f"clock-{i}") for i in range(12)],   # time passes
@@ -62,6 +66,9 @@ def test_every_dashboard_alert_and_documented_metric_is_exported_by_a_live_engin
         until(lambda: engine.sample('engage_actions_suppressed_total{reason="cap",'
                                     'rule_id="searcher"}') >= 1, "the capped decision")
         until(lambda: engine.sample("engage_action_latency_seconds_count") >= 1, "the latency")
+        until(lambda: engine.sample("engage_conversions_reversed_total{channel=\"email\","
+                                    "rule_id=\"searcher\",variant=\"none\"}") >= 1,
+              "the refunded conversion")
         until(lambda: 'engage_consumer_lag_messages{partition="2"}' in engine.metrics(),
               "a consumer-lag reading")
         scrape = engine.metrics()
