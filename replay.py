@@ -23,6 +23,7 @@ from typing import Any, TextIO
 import orjson
 from bytewax.testing import run_main
 
+from engage.attribution.ledger import newest
 from engage.config import Settings
 from engage.connectors.kafka import CONVERSIONS_TOPIC, PROFILE_TOPIC
 from engage.connectors.memory import ListSink, ListSource
@@ -51,11 +52,6 @@ class ReplayResult:
     def attribution(self) -> dict[str, dict[str, dict[str, int]]]:
         """Per rule and arm (variant, ``control``, or ``-``): touches, credited conversions,
         redemptions and net revenue in cents, from the newest record of each conversion."""
-        latest: dict[str, dict[str, Any]] = {}
-        for rec in self.conversions:
-            old = latest.get(rec["conversion_id"])
-            if old is None or rec["refunded_cents"] >= old["refunded_cents"]:
-                latest[rec["conversion_id"]] = rec
         out: dict[str, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
         for doc in self.actions:
             if not doc.get("transactional"):
@@ -63,7 +59,7 @@ class ReplayResult:
         for doc in self.suppressed:
             if doc["reason"] == "control":
                 out[doc["rule_id"]]["control"]["touches"] += 1
-        for rec in latest.values():
+        for rec in newest(self.conversions).values():
             if not rec["credited"] or rec["reversed"]:
                 continue
             arm = out[rec["rule_id"]][rec["variant"] or "-"]

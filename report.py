@@ -57,7 +57,7 @@ from typing import Any, Iterable, Mapping, TextIO
 
 import orjson
 
-from engage.attribution.ledger import CONTROL
+from engage.attribution.ledger import CONTROL, newest
 from engage.attribution.stats import Rate, Uplift, ratio
 
 DAY_MS = 86_400_000
@@ -223,16 +223,12 @@ def build_report(actions: Iterable[tuple[str, Mapping[str, Any]]],
             suppressed[rule][reason] += 1
 
     # Per conversion id, its current state: the record with the most refunded.
-    state: dict[str, Mapping[str, Any]] = {}
     for where, rec in conversions:
-        cid = _text(rec, "conversion_id", where)
+        _text(rec, "conversion_id", where)
         for name in ("refunded_cents", "net_cents"):
             if not isinstance(rec.get(name), int):
                 raise ValueError(f"{where}: {name} must be an integer number of cents")
-        old = state.get(cid)
-        if old is None or (rec["refunded_cents"], rec.get("ts_ms", 0)) > (
-                old["refunded_cents"], old.get("ts_ms", 0)):
-            state[cid] = rec
+    state = newest(rec for _, rec in conversions)
     converted: set[str] = set()
     redeemed: set[str] = set()
     revenue: Counter[str] = Counter()
@@ -602,8 +598,8 @@ def parse_since(text: str | None, touches_ms: Iterable[int]) -> int | None:
         span = parse_duration(text)
     except ValueError:
         return parse_time(text if "T" in text else text + "T00:00:00Z", "--since")
-    newest = max(touches_ms, default=0)
-    return newest - span
+    latest = max(touches_ms, default=0)
+    return latest - span
 
 
 def read_topics(bootstrap: str, timeout: float = 120.0) -> list[tuple[str, dict[str, Any]]]:

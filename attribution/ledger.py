@@ -61,7 +61,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 DAY_MS = 86_400_000
 #: The attribution window of a rule that does not name one.
@@ -385,6 +385,25 @@ def merge(into: dict[str, Any], other: dict[str, Any]) -> None:
                               order[_KEEP], [[c, list(t), m, r] for c, t, m, r in order[_CONVS]],
                               list(order[_REFUND_IDS]), order[_ORDER_COUPON]]
     _cap_orders(into)
+
+
+def newest(records: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    """Each conversion's current state from its records, whatever their order and repeats:
+    per ``conversion_id``, the record with the most refunded (then the latest ``ts_ms``).
+
+    >>> a = {"conversion_id": "cv-1", "refunded_cents": 0, "ts_ms": 1}
+    >>> b = {"conversion_id": "cv-1", "refunded_cents": 500, "ts_ms": 9}
+    >>> newest([b, a, a])["cv-1"]["refunded_cents"]
+    500
+    """
+    out: dict[str, Mapping[str, Any]] = {}
+    for rec in records:
+        cid = rec["conversion_id"]
+        old = out.get(cid)
+        if old is None or (rec["refunded_cents"], rec.get("ts_ms", 0)) > (
+                old["refunded_cents"], old.get("ts_ms", 0)):
+            out[cid] = rec
+    return out
 
 
 def refunded_cents(ledger: dict[str, Any], order_id: str) -> int:
