@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import heapq
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -34,9 +36,9 @@ from engage.simulator.storefront import Storefront
 from engage.state.contact import CapCheck, LedgerRequest, MemoryLedger
 from engage.state.keys import ERASURES_KEY, MEMBERS_INDEX, memberships_key, state_key
 
-from helpers import DAY, HOUR, MIN, add, view
+from helpers import DAY, HOUR, MIN, T0, add, login, view
 from redis_cluster import LocalRedisCluster, NoClusterSupport
-from stack_helpers import produce, state_snapshot, topic_docs
+from stack_helpers import produce, run_engine, state_snapshot, topic_docs
 
 pytestmark = pytest.mark.integration
 CAPPED = str(Path(__file__).parent.parent / "rules" / "capped.yaml")
@@ -229,6 +231,42 @@ def test_forget_erases_a_customer_from_every_node_and_the_engine_keeps_them_out(
     assert everything_about(runs.cluster, *ids) == []
     after = orjson.loads(client.get(state_key(other)))
     assert after != before
+
+
+def test_a_new_deployment_takes_over_state_from_the_cluster_and_continues_from_the_end(
+        cluster: LocalRedisCluster) -> None:
+    cluster.flush()
+    client = connect(cluster.url)
+    with DevStack(event_partitions=3, with_redis=False) as stack:
+        produce(stack, [view(T0, user="c-9"), login(T0 + MIN, "c-9", "d-9"),
+                        view(T0 + HOUR, anon="d-9")])
+        run_engine(stack, redis_url=cluster.url)
+        first = orjson.loads(client.get(state_key("c-9")))
+        assert first["lifetime"] == {"product_view": 2, "login": 1}
+        # A new deployment (a lineage of its own) finds state on some primary and
+        # takes it over: documents and their takeover copies read slot by slot.
+        env = {**stack.env(), "ENGAGE_REDIS_URL": cluster.url, "ENGAGE_METRICS_PORT": "0"}
+        proc = subprocess.Popen([sys.executable, "-m", "engage.cli", "run", "--no-recovery",
+                                 "--start-from", "end"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            time.sleep(4)  # let it start and take its end offsets
+            produce(stack, [view(T0 + 2 * HOUR, anon="d-9", category="lamp")]
+                    + [view(T0 + 3 * HOUR, user=f"other-{i}") for i in range(20)])
+            deadline = time.monotonic() + 45
+            doc = first
+            while time.monotonic() < deadline:
+                doc = orjson.loads(client.get(state_key("c-9")))
+                if doc["lifetime"].get("product_view") == 3:
+                    break
+                time.sleep(0.2)
+            assert doc["lifetime"] == {"product_view": 3, "login": 1}   # 2 taken over + 1 new
+            assert doc["lin"] != first["lin"] and client.exists("engage:base:{c-9}")
+        finally:
+            proc.send_signal(signal.SIGINT)
+            out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out.decode()[-2000:]
+        assert b"Traceback" not in out
 
 
 def test_a_takeover_reads_documents_of_many_slots_in_key_order(cluster: LocalRedisCluster) -> None:
