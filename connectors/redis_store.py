@@ -172,11 +172,6 @@ def connect(url: str) -> Client:
                                 health_check_interval=30)
 
 
-def is_cluster(client: Client) -> bool:
-    """Whether ``client`` talks to a Redis Cluster (writes must then stay within a slot)."""
-    return isinstance(client, RedisCluster)
-
-
 def run_cluster_pipeline(client: RedisCluster, scripts: dict[str, str],
                          build: Callable[[Any], None]) -> list[Any]:
     """Run the commands ``build`` puts in a cluster pipeline; their replies, in order.
@@ -187,8 +182,8 @@ def run_cluster_pipeline(client: RedisCluster, scripts: dict[str, str],
     while the command itself is routed by its keys' slot like any other.
     ``scripts`` (sha -> source) are the scripts ``build`` calls by ``EVALSHA``:
     a node that does not know one (restarted, or a new primary after a
-    failover) has them all loaded, and the pipeline is sent again: every
-    caller's commands may run twice.
+    failover) has them all loaded, and the whole pipeline is sent again, so
+    every command in it must be safe to run twice.
     """
     for attempt in (0, 1):
         pipe = client.pipeline(transaction=False)

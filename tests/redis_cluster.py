@@ -50,7 +50,7 @@ class LocalRedisCluster:
         self.stop()
 
     def start(self) -> None:
-        """Start the nodes, assign the 16384 slots with ``redis-cli --cluster create``, wait for ok."""
+        """Start the nodes, give out the slots (``redis-cli --cluster create``), wait for ok."""
         server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
         if server is None or cli is None:
             raise NoClusterSupport("redis-server and redis-cli are needed on PATH "
