@@ -8,6 +8,7 @@ own temporary directory, without persistence; stopped and removed after.
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -16,11 +17,27 @@ from typing import Any
 
 import redis
 
-from engage.connectors.devstack import DevStackError, _die_with_parent, _wait_port, free_port
+from engage.connectors.devstack import (REDIS_HELP, DevStackError, _die_with_parent, _wait_port,
+                                       free_port)
 
 
 class NoClusterSupport(RuntimeError):
     """This redis-server cannot run in cluster mode (built without it, or too old)."""
+
+
+def _port_with_free_bus() -> int:
+    """A free port whose cluster bus port (+10000) is free too."""
+    for _ in range(100):
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise DevStackError("no free port pair (port, port + 10000) for a cluster node")
 
 
 class LocalRedisCluster:
@@ -52,11 +69,16 @@ class LocalRedisCluster:
     def start(self) -> None:
         """Start the nodes, give out the slots (``redis-cli --cluster create``), wait for ok."""
         server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
-        if server is None or cli is None:
-            raise NoClusterSupport("redis-server and redis-cli are needed on PATH "
-                                   "(Debian: apt-get install redis-server redis-tools)")
+        if server is None:
+            raise DevStackError(REDIS_HELP)   # every integration test needs it: fail, not skip
+        if cli is None:
+            raise NoClusterSupport("redis-cli (which creates the cluster) is not on PATH "
+                                   "(Debian: apt-get install redis-tools)")
+        # redis-server < 7 has no cluster-port setting: its bus is port + 10000.
+        version = subprocess.run([server, "--version"], capture_output=True, text=True).stdout
+        own_bus_port = not any(f"v={major}." in version for major in range(3, 7))
         for i in range(self.primaries):
-            port = free_port()
+            port = free_port() if own_bus_port else _port_with_free_bus()
             node_dir = self.workdir / f"node{i}"
             node_dir.mkdir()
             log = self.workdir / f"node{i}.log"
@@ -68,7 +90,8 @@ class LocalRedisCluster:
                  "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                  # The bus port defaults to port + 10000, which may be taken (or above
                  # 65535); a free one of its own instead.
-                 "--cluster-port", str(free_port()), "--cluster-node-timeout", "5000"],
+                 *(("--cluster-port", str(free_port())) if own_bus_port else ()),
+                 "--cluster-node-timeout", "5000"],
                 stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 preexec_fn=_die_with_parent)
             self.procs.append(proc)
