@@ -84,6 +84,8 @@ class Settings:
     model_kind: str = "logreg"
     churn_horizon: str = "90d"
     model_sample_every: str = "14d"
+    #: Labels each model replica learns before its scores are shown (profile, tags, rules).
+    model_warmup: int = 100
     #: Rebuild state from history without deciding anything: no rule runs,
     #: no action or audit record is written (e.g. a first run over old events).
     backfill: bool = False
@@ -180,6 +182,9 @@ class Settings:
         if self.model_kind not in KINDS:
             raise ValueError(f"setting model_kind: {self.model_kind!r} is not one of "
                              f"{', '.join(KINDS)}")
+        if self.model_warmup < 0:
+            raise ValueError(f"setting model_warmup: must be 0 or more labels, got "
+                             f"{self.model_warmup}")
         if self.ms("model_sample_every") < 3_600_000:
             raise ValueError("setting model_sample_every: must be at least 1h "
                              "(it bounds the examples kept per customer)")
@@ -210,6 +215,7 @@ class Settings:
 
         return ModelConfig(kind=self.model_kind, churn_horizon_ms=self.ms("churn_horizon"),
                            sample_every_ms=self.ms("model_sample_every"),
+                           warmup=self.model_warmup,
                            rfm_window=self.profile_config().rfm_window)
 
     def state_config(self) -> StateConfig:

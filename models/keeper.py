@@ -59,6 +59,10 @@ class ModelConfig:
     # year-long workload for half a point of AUC (benchmarks/RESULTS.md).
     sample_every_ms: int = 14 * DAY_MS
     rfm_window: str = "365d"
+    #: Labels a model learns before its scores reach the profile: an untrained
+    #: model scores everyone alike (0.5), which tags and rules would read as a
+    #: prediction ("likely to buy again", for every new customer).
+    warmup: int = 100
 
     def specs(self) -> dict[str, list[ModelSpec]]:
         """Per target, the model whose scores are shown, then its challengers."""
@@ -146,9 +150,7 @@ class ModelKeeper:
         """Score ``state`` at ``t``; sample it as an example when one is due."""
         x = features(state, self.state_cfg, t, self.cfg.rfm_window)
         xd = as_dict(x)
-        scores = state.derived.get("scores")
-        if scores is None:
-            scores = state.derived["scores"] = {}
+        scores = state.derived.get("scores") or {}
         given: list[list[float]] = []
         changed = False
         for name in MODEL_NAMES:
@@ -156,11 +158,22 @@ class ModelKeeper:
             ps = [m.score(xd) for m in models]
             given.append(ps)
             model, p = models[0], ps[0]
-            shown = round(p, 3)
             old = scores.get(name)
+            if model.learned < self.cfg.warmup:
+                # Still scored (the example records it, validation judges it),
+                # not shown; a reset takes the shown score away again.
+                if old is not None:
+                    del scores[name]
+                    changed = True
+                continue
+            shown = round(p, 3)
             if old is None or old[0] != shown or old[2] != model.version:
                 changed = True
             scores[name] = [shown, t, model.version]
+        if scores:
+            state.derived["scores"] = scores
+        else:
+            state.derived.pop("scores", None)   # none shown: none stored
         self.points += 1
         ml["at"] = t
         if t - ml.get("s", t - self.cfg.sample_every_ms) >= self.cfg.sample_every_ms:

@@ -153,8 +153,31 @@ def test_pending_examples_per_customer_stay_bounded() -> None:
     assert "ml" not in states["c-1"].to_doc(CFG).get("derived", {})   # never in Redis
 
 
+def test_an_untrained_model_scores_nobody_until_its_warmup_is_learnt() -> None:
+    keeper = ModelKeeper(ModelConfig(warmup=3), CFG)
+    state = CustomerState("c-1", CFG)
+    e = order("c-1", T0, 1)
+    state.apply(e, CFG)
+    changed, _ = keeper.on_event(state, e)
+    # Every customer would read 0.5: no score, so no tag or rule reads one.
+    assert not changed and "scores" not in state.derived
+    assert len(state.derived["ml"]["p"]) == 1   # the point still became an example
+    churn = keeper.models[CHURN][0]
+    for label in (True, False, True):
+        keeper._learn(CHURN, T0, [0.0] * 15, label, [0.5], churn.version)
+    e2 = order("c-1", T0 + 2 * DAY_MS, 2)
+    state.apply(e2, CFG)
+    changed, _ = keeper.on_event(state, e2)
+    assert changed and set(state.derived["scores"]) == {CHURN}   # repurchase: still warming
+    assert keeper.command("churn_risk", "reset")
+    e3 = order("c-1", T0 + 4 * DAY_MS, 3)
+    state.apply(e3, CFG)
+    changed, _ = keeper.on_event(state, e3)
+    assert changed and "scores" not in state.derived   # a reset model warms up again
+
+
 def test_scores_reach_the_profile_with_the_model_version() -> None:
-    keeper = ModelKeeper(ModelConfig(), CFG)
+    keeper = ModelKeeper(ModelConfig(warmup=0), CFG)
     state = CustomerState("c-1", CFG)
     e = order("c-1", T0, 1)
     state.apply(e, CFG)
