@@ -13,7 +13,7 @@ the same cart and orders in every run, whatever arrived after the due time.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from engage.events import Event
 from engage.rules.policy import consent_allows
@@ -64,73 +64,56 @@ class Context:
         return sorted(ts for ts in self.state.recent_orders.values() if ts <= self.as_of)
 
     def _resolve(self, name: str) -> Any:
+        # Tag conditions run after most events: which kind of name this is is
+        # worked out once per name (a chain of prefix tests cost a third of
+        # the lookups), then each lookup is one dict hit and one call.
+        resolver = _RESOLVERS.get(name)
+        if resolver is None:
+            resolver = _RESOLVERS[name] = _resolver_for(name)
+        return resolver(self, name)
+
+    def _count(self, counter: str, window: str) -> Any:
+        try:
+            return self.state.count(self.cfg, counter, window, self.as_of)
+        except KeyError:
+            return None
+
+    def _orders(self, _: str) -> int:
         s = self.state
-        if name.startswith("event."):
-            return self._event_field(name[6:])
-        if name.startswith("change."):
-            return self.change.get(name[7:])
-        if name.startswith("count:"):
-            _, counter, window = name.split(":", 2)
-            try:
-                return s.count(self.cfg, counter, window, self.as_of)
-            except KeyError:
-                return None
-        if name.startswith("consented:"):
-            return consent_allows(s.consent, name[10:])
-        if name == "user_id":
-            return s.key
-        if name == "orders":
-            later = sum(1 for ts in s.recent_orders.values() if ts > self.as_of)
-            return s.orders - later
-        if name == "lifetime_spend":
-            return s.spend_total / 100
-        if name == "cart_items":
-            return sum(line[0] for line in self._lines().values())
-        if name == "cart_value":
-            return round(sum(line[0] * line[1] for line in self._lines().values()), 2)
-        if name == "cart":
-            return [{"sku": sku, "quantity": q, "price": p, "category": c}
-                    for sku, (q, p, c, _) in sorted(self._lines().items())]
-        if name == "cart_categories":
-            return sorted({line[2] for line in self._lines().values()})
-        if name == "days_since_last_order":
-            times = self._order_times()
-            last = times[-1] if times else (s.last_order_ts if s.last_order_ts is not None
-                                            and s.last_order_ts <= self.as_of else None)
-            return None if last is None else (self.as_of - last) // DAY_MS
-        if name == "days_since_first_order":
-            first = s.first_order_ts
-            return None if first is None or first > self.as_of else (self.as_of - first) // DAY_MS
-        if name == "days_since_last_visit":
-            seen = [ts for ts in s.last_seen.values() if ts <= self.as_of]
-            return (self.as_of - max(seen)) // DAY_MS if seen else None
-        if name in ("region", "timezone", "preferred_channel", "birthday"):
-            entry = s.profile.get(name)
-            return entry[0] if entry else None
-        if name == "tags":
-            if "tags" in self.profile:
-                return list(self.profile["tags"])
-            return sorted(s.derived.get("tags", ()))
-        if name in ("segment", "stage", "tier"):
-            if name in self.profile:
-                return self.profile[name]
-            entry = s.derived.get(name)
-            return entry[0] if entry else None
-        if name in ("churn_risk", "repurchase_30d"):
-            if name in self.profile:
-                return self.profile[name]
-            score = s.derived.get("scores", {}).get(name)
-            return score[0] if score else None
-        if name.startswith("spend_"):
-            spend = s.spend_in(self.cfg, self.as_of)
-            return spend.get(name[6:])
-        counter, _, window = name.rpartition("_")
-        if counter:
-            try:
-                return s.count(self.cfg, counter, window, self.as_of)
-            except KeyError:
-                return None
-        return None
+        later = sum(1 for ts in s.recent_orders.values() if ts > self.as_of)
+        return s.orders - later
+
+    def _days_since_last_order(self, _: str) -> int | None:
+        s = self.state
+        times = self._order_times()
+        last = times[-1] if times else (s.last_order_ts if s.last_order_ts is not None
+                                        and s.last_order_ts <= self.as_of else None)
+        return None if last is None else (self.as_of - last) // DAY_MS
+
+    def _days_since_first_order(self, _: str) -> int | None:
+        first = self.state.first_order_ts
+        return None if first is None or first > self.as_of else (self.as_of - first) // DAY_MS
+
+    def _days_since_last_visit(self, _: str) -> int | None:
+        seen = [ts for ts in self.state.last_seen.values() if ts <= self.as_of]
+        return (self.as_of - max(seen)) // DAY_MS if seen else None
+
+    def _tags(self, _: str) -> list[str]:
+        if "tags" in self.profile:
+            return list(self.profile["tags"])
+        return sorted(self.state.derived.get("tags", ()))
+
+    def _view(self, name: str) -> Any:
+        if name in self.profile:
+            return self.profile[name]
+        entry = self.state.derived.get(name)
+        return entry[0] if entry else None
+
+    def _score(self, name: str) -> Any:
+        if name in self.profile:
+            return self.profile[name]
+        score = self.state.derived.get("scores", {}).get(name)
+        return score[0] if score else None
 
     def _event_field(self, field: str) -> Any:
         e = self.event
@@ -140,3 +123,65 @@ class Context:
             return e.props.get(field[11:])
         return {"type": e.type, "channel": e.channel, "ts": e.ts,
                 "event_id": e.event_id}.get(field)
+
+
+Resolver = Callable[[Context, str], Any]
+
+
+def _profile_field(ctx: Context, name: str) -> Any:
+    entry = ctx.state.profile.get(name)
+    return entry[0] if entry else None
+
+
+def _cart_lines(ctx: Context, _: str) -> list[dict[str, Any]]:
+    return [{"sku": sku, "quantity": q, "price": p, "category": c}
+            for sku, (q, p, c, _) in sorted(ctx._lines().items())]
+
+
+_FIXED: dict[str, Resolver] = {
+    "user_id": lambda ctx, _: ctx.state.key,
+    "orders": Context._orders,
+    "lifetime_spend": lambda ctx, _: ctx.state.spend_total / 100,
+    "cart_items": lambda ctx, _: sum(line[0] for line in ctx._lines().values()),
+    "cart_value": lambda ctx, _: round(sum(line[0] * line[1]
+                                           for line in ctx._lines().values()), 2),
+    "cart": _cart_lines,
+    "cart_categories": lambda ctx, _: sorted({line[2] for line in ctx._lines().values()}),
+    "days_since_last_order": Context._days_since_last_order,
+    "days_since_first_order": Context._days_since_first_order,
+    "days_since_last_visit": Context._days_since_last_visit,
+    "region": _profile_field, "timezone": _profile_field,
+    "preferred_channel": _profile_field, "birthday": _profile_field,
+    "tags": Context._tags,
+    "segment": Context._view, "stage": Context._view, "tier": Context._view,
+    "churn_risk": Context._score, "repurchase_30d": Context._score,
+}
+#: Every name looked up so far, and how to resolve it (names come from the
+#: rule files: a bounded set).
+_RESOLVERS: dict[str, Resolver] = {}
+
+
+def _resolver_for(name: str) -> Resolver:
+    """How to resolve ``name``: decided from its shape, once per name."""
+    if name.startswith("event."):
+        field = name[6:]
+        return lambda ctx, _: ctx._event_field(field)
+    if name.startswith("change."):
+        key = name[7:]
+        return lambda ctx, _: ctx.change.get(key)
+    if name.startswith("count:"):
+        _, counter, window = name.split(":", 2)
+        return lambda ctx, _: ctx._count(counter, window)
+    if name.startswith("consented:"):
+        channel = name[10:]
+        return lambda ctx, _: consent_allows(ctx.state.consent, channel)
+    fixed = _FIXED.get(name)
+    if fixed is not None:
+        return fixed
+    if name.startswith("spend_"):
+        window = name[6:]
+        return lambda ctx, _: ctx.state.spend_in(ctx.cfg, ctx.as_of).get(window)
+    counter, _, window = name.rpartition("_")
+    if counter:
+        return lambda ctx, _: ctx._count(counter, window)
+    return lambda ctx, _: None

@@ -185,12 +185,17 @@ class Profiler:
                 scores[key] = round(high + math.log2(1.0 + 2.0 ** (low - high)), 2)
         # Room for the tags and one contender per kind (log2 to 0.01: scores to
         # within 0.7%); the rest would take half-lives of renewed interest to matter.
+        # A kind holds one or two over its room at most: its weakest go (the
+        # lowest score, then the greatest key, as a full ranking would drop them)
+        # without sorting the kind.
         if len(scores) > self._room:
             for prefix, top in self._kinds:
-                mine = sorted(((v, k) for k, v in scores.items() if k.startswith(prefix)),
-                              key=lambda x: (-x[0], x[1]))
-                for _, k in mine[top + 1:]:
-                    del scores[k]
+                mine = [(v, k) for k, v in scores.items() if k.startswith(prefix)]
+                while len(mine) > top + 1:
+                    lowest = min(v for v, _ in mine)
+                    weakest = max(k for v, k in mine if v == lowest)
+                    mine.remove((lowest, weakest))
+                    del scores[weakest]
         return touched
 
     # ------------------------------------------------------------------ profile
