@@ -185,7 +185,7 @@ class Profiler:
                 scores[key] = round(high + math.log2(1.0 + 2.0 ** (low - high)), 2)
         # Room for the tags and one contender per kind (log2 to 0.01: scores to
         # within 0.7%); the rest would take half-lives of renewed interest to matter.
-        # A kind holds one or two over its room at most: its weakest go (the
+        # A kind is over its room by an entry or a few: its weakest go (the
         # lowest score, then the greatest key, as a full ranking would drop them)
         # without sorting the kind.
         if len(scores) > self._room:

@@ -1,4 +1,5 @@
-"""Two processes of two workers each give the same customer state and action ids as one worker."""
+"""Two processes of two workers each give the same customer state, action ids and
+conversions as one worker."""
 
 from __future__ import annotations
 
@@ -11,21 +12,28 @@ import pytest
 
 from engage.config import Settings
 from engage.connectors.devstack import DevStack
-from engage.connectors.kafka import ACTIONS_TOPIC, EVENTS_TOPIC, produce_all
+from engage.attribution.ledger import newest
+from engage.connectors.kafka import ACTIONS_TOPIC, CONVERSIONS_TOPIC, EVENTS_TOPIC, produce_all
 from engage.simulator.storefront import Storefront
 
 from stack_helpers import redis_client, state_snapshot, topic_docs
 
 
-def _run(stack: DevStack, *flags: str, recovery: str = "") -> tuple[dict, list[str]]:
+CAPPED_RULES = str(Path(__file__).parent.parent / "rules" / "capped.yaml")
+
+
+def _run(stack: DevStack, *flags: str, recovery: str = "",
+         rules: str | None = None) -> tuple[dict, list[str], dict]:
     where = ["--recovery-dir", recovery] if recovery else ["--no-recovery"]
+    env = {**stack.env(), **({"ENGAGE_RULES": rules} if rules else {})}
     out = subprocess.run(
         [sys.executable, "-m", "engage.cli", "run", "--stop-at-end", *where,
          "--metrics-port", "0", *flags],
-        env=stack.env(), capture_output=True, text=True, timeout=300)
+        env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     return (state_snapshot(redis_client(stack)),
-            sorted(a["action_id"] for a in topic_docs(stack, ACTIONS_TOPIC)))
+            sorted(a["action_id"] for a in topic_docs(stack, ACTIONS_TOPIC)),
+            dict(newest(topic_docs(stack, CONVERSIONS_TOPIC))))
 
 
 def test_two_processes_of_two_workers_reach_the_same_state_and_actions_as_one_worker() -> None:
@@ -34,11 +42,13 @@ def test_two_processes_of_two_workers_reach_the_same_state_and_actions_as_one_wo
     for flags in (("--workers", "1"), ("--workers", "2", "--processes", "2")):
         with DevStack(event_partitions=4) as stack:
             produce_all(stack.bootstrap, EVENTS_TOPIC, records)
-            results.append(_run(stack, *flags))
-    (one_state, one_actions), (cluster_state, cluster_actions) = results
+            # Caps, a control group and a post-purchase rule whose messages orders follow.
+            results.append(_run(stack, *flags, rules=CAPPED_RULES))
+    (one_state, one_actions, one_conv), (cluster_state, cluster_actions, cluster_conv) = results
     assert len(one_state) > 400 and one_actions  # customers, devices and reminders exist
     assert cluster_state == one_state
     assert cluster_actions == one_actions
+    assert one_conv and cluster_conv == one_conv   # attribution is keyed like the customers
 
 
 def test_a_cluster_with_recovery_resumes_where_it_stopped(tmp_path: Path) -> None:
@@ -47,12 +57,12 @@ def test_a_cluster_with_recovery_resumes_where_it_stopped(tmp_path: Path) -> Non
     records = list(Storefront(seed=3, customers=150, mean_gap_ms=8000).events(4000))
     with DevStack(event_partitions=4) as stack:
         produce_all(stack.bootstrap, EVENTS_TOPIC, records)
-        expected = _run(stack, "--workers", "1")
+        expected = _run(stack, "--workers", "1")[:2]
     with DevStack(event_partitions=4) as stack:
         for half in (records[:2000], records[2000:]):
             produce_all(stack.bootstrap, EVENTS_TOPIC, half)
-            state, actions = _run(stack, "--workers", "1", "--processes", "2",
-                                  recovery=str(tmp_path / "recovery"))
+            state, actions, _ = _run(stack, "--workers", "1", "--processes", "2",
+                                     recovery=str(tmp_path / "recovery"))
         client = redis_client(stack)
         lineages = {orjson.loads(client.get(k)).get("lin") for k in client.scan_iter("engage:c:*")}
     # Every document of the deployment carries one lineage, whichever process wrote it.
