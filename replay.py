@@ -57,7 +57,7 @@ class ReplayResult:
             if not doc.get("transactional"):
                 out[doc["rule_id"]][doc.get("variant") or "-"]["touches"] += 1
         for doc in self.suppressed:
-            if doc["reason"] == "control":
+            if doc["reason"] == "control" and not doc.get("transactional"):
                 out[doc["rule_id"]]["control"]["touches"] += 1
         for rec in newest(self.conversions).values():
             if not rec["credited"] or rec["reversed"]:

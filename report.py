@@ -217,7 +217,8 @@ def build_report(actions: Iterable[tuple[str, Mapping[str, Any]]],
         if not keep(rule, ts):
             continue
         if reason == CONTROL:
-            touches.setdefault(aid, (rule, CONTROL, ts, False))
+            if doc.get("transactional") is not True:   # as for actions: never a touch
+                touches.setdefault(aid, (rule, CONTROL, ts, False))
         elif (aid, reason) not in seen_audit:
             seen_audit.add((aid, reason))
             suppressed[rule][reason] += 1

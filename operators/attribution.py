@@ -68,11 +68,17 @@ class AttributionShard:
         self.ledgers: dict[str, dict[str, Any]] = {}
         self.frozen: dict[str, bytes] = {}     # serialised as of the last snapshot
         self.changed: set[str] = set()
-        self.expiry: list[tuple[int, str]] = []  # (when prune may drop something, customer)
+        # When prune may next drop something of each customer; the heap holds those
+        # times (and stale ones, skipped when popped: a customer touched every day
+        # must not pile up an entry per touch).
+        self.due: dict[str, int] = {}
+        self.expiry: list[tuple[int, str]] = []
         self.now = NO_TIME
         if resume is not None:
             snap = pickle.loads(resume)
-            self.frozen, self.expiry, self.now = snap["frozen"], snap["expiry"], snap["now"]
+            self.frozen, self.due, self.now = snap["frozen"], snap["due"], snap["now"]
+            self.expiry = [(at, c) for c, at in self.due.items()]
+            heapq.heapify(self.expiry)
             # Few and small (touched customers, 32 touches at most): all thawed at once.
             self.ledgers = {c: orjson.loads(raw) for c, raw in self.frozen.items()}
             metrics.ATTRIBUTION_CUSTOMERS.inc(len(self.ledgers))
@@ -106,7 +112,7 @@ class AttributionShard:
             self.changed.add(item.user_id)
             metrics.ATTRIBUTION_TOUCHES.labels(touch.rule_id, touch.variant or "none",
                                                touch.channel or "none").inc()
-            heapq.heappush(self.expiry, (touch.ts + touch.window_ms + 1, item.user_id))
+            self._schedule(item.user_id, touch.ts + touch.window_ms + 1)
 
     def _order(self, item: Order, out: list[Emit]) -> None:
         self.now = max(self.now, item.ts)
@@ -143,15 +149,22 @@ class AttributionShard:
                 metrics.ATTRIBUTED_REVENUE.labels(*labels).inc(rec["revenue_cents"])
                 if rec["redeemed"]:
                     metrics.REDEMPTIONS.labels(*labels).inc()
-                heapq.heappush(self.expiry, (attr.next_expiry(led) or item.ts, item.user_id))
+                self._schedule(item.user_id, attr.next_expiry(led) or item.ts)
             else:
                 metrics.REFUNDED_REVENUE.labels(*labels).inc(rec["refunded_cents"] - before)
                 if rec["reversed"]:
                     metrics.CONVERSIONS_REVERSED.labels(*labels).inc()
 
+    def _schedule(self, customer: str, at: int) -> None:
+        """Look at ``customer`` again at ``at``, unless an earlier look is due."""
+        if at < self.due.get(customer, at + 1):
+            self.due[customer] = at
+            heapq.heappush(self.expiry, (at, customer))
+
     def _drop(self, customer: str) -> None:
         if self.ledgers.pop(customer, None) is not None:
             metrics.ATTRIBUTION_CUSTOMERS.dec()
+        self.due.pop(customer, None)
         self.changed.add(customer)
 
     def _expire(self) -> None:
@@ -159,17 +172,22 @@ class AttributionShard:
         horizon = self.now - self.grace_ms
         heap = self.expiry
         while heap and heap[0][0] <= horizon:
-            _, customer = heapq.heappop(heap)
+            at, customer = heapq.heappop(heap)
             led = self.ledgers.get(customer)
-            if led is None:
-                continue
+            if led is None or self.due.get(customer) != at:
+                continue   # dropped, or superseded by an earlier look
+            del self.due[customer]
             attr.prune(led, horizon)
             self.changed.add(customer)
             nxt = attr.next_expiry(led)
             if nxt is None:
                 self._drop(customer)
-            elif nxt > horizon:
-                heapq.heappush(heap, (nxt, customer))
+            else:
+                self._schedule(customer, nxt)
+        if len(heap) > 2 * len(self.due) + 64:
+            # Mostly stale entries (superseded looks): rebuilt from what is due.
+            self.expiry = [(at, c) for c, at in self.due.items()]
+            heapq.heapify(self.expiry)
 
     def snapshot(self) -> bytes:
         """The shard for Bytewax recovery; ledgers unchanged since the last one are not
@@ -181,7 +199,7 @@ class AttributionShard:
             else:
                 self.frozen[customer] = orjson.dumps(led)
         self.changed.clear()
-        return pickle.dumps({"frozen": self.frozen, "expiry": self.expiry, "now": self.now},
+        return pickle.dumps({"frozen": self.frozen, "due": self.due, "now": self.now},
                             protocol=pickle.HIGHEST_PROTOCOL)
 
 

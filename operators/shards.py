@@ -519,10 +519,14 @@ class CustomerShard(_Shard):
             key = item.user_id or ""
             state = self.states.get(key) or self._state(key)
             state.apply(item, cfg)
-            if runner is not None and (item.type == "order_paid" or item.type == "order_refunded"):
+            # Not `runner`: it is built at the first advance, after the late events
+            # of a (resumed) shard's first batch have been applied here.
+            if self.cfg.rules is not None and (item.type == "order_paid"
+                                               or item.type == "order_refunded"):
                 props = item.props
+                coupon = props.get("coupon")   # not in the contract: a code only if a string
                 out.append(Order(item.type, key, props["order_id"], item.ts, props["amount"],
-                                 props.get("coupon"), item.event_id))
+                                 coupon if isinstance(coupon, str) else None, item.event_id))
             if item.late:
                 metrics.LATE_EVENTS.inc()
             else:

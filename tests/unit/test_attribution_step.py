@@ -143,3 +143,19 @@ def test_the_router_keeps_a_customer_on_its_customer_shard() -> None:
         for x in bundle:
             assert shard_of(getattr(x, "user_id", None) or x.customer, 4) == key
     assert kafka_messages([("0", items[3]), items[3], ("1", items[0])]) == [items[3], items[3]]
+
+
+def test_a_customer_touched_every_day_keeps_a_bounded_ledger_heap_and_snapshot() -> None:
+    shard = AttributionShard(grace_ms=H)
+    for day in range(365):
+        shard.on_batch([touched("c1", T0 + day * DAY_MS, f"a-{day}"),
+                        touched(f"other-{day}", T0 + day * DAY_MS, f"b-{day}", window=DAY_MS)])
+    assert len(shard.ledgers["c1"]["t"]) <= 8            # a 7-day window's touches
+    assert len(shard.expiry) <= 2 * len(shard.due) + 64  # stale looks are swept out
+    assert len(shard.ledgers) <= 3                       # one-day windows long gone
+    first = len(shard.snapshot())
+    for day in range(365, 730):
+        shard.on_batch([touched("c1", T0 + day * DAY_MS, f"a-{day}")])
+    assert len(shard.snapshot()) <= first * 1.5          # a second year costs nothing more
+    restored = AttributionShard(grace_ms=H, resume=shard.snapshot())
+    assert restored.due == shard.due and restored.ledgers == shard.ledgers
