@@ -21,7 +21,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from engage.config import Settings, redact_url
 from engage.connectors.devstack import DevStack, DevStackError, free_port
-from engage.connectors.kafka import ACTIONS_TOPIC, DLQ_TOPIC, EVENTS_TOPIC, client_config
+from engage.connectors.kafka import (ACTIONS_TOPIC, CONVERSIONS_TOPIC, DLQ_TOPIC, EVENTS_TOPIC,
+                                     client_config)
 from engage.connectors.redis_store import connect, read_clock, read_customer
 from engage.simulator.storefront import Storefront
 
@@ -50,6 +51,17 @@ def _print_action(doc: dict[str, Any]) -> None:
           f"via {doc['channel']:6s} {what}  id {doc['action_id']}", flush=True)
 
 
+def _print_conversion(rec: dict[str, Any]) -> None:
+    arm = f" [{rec['variant']}]" if rec.get("variant") else ""
+    if rec["kind"] == "refund":
+        what = f"refund, net {rec['net_cents'] / 100:.2f}"
+    else:
+        what = f"order {rec['order_id']} {rec['revenue_cents'] / 100:.2f}" + (
+            f", coupon {rec['coupon']}" if rec.get("redeemed") else "")
+    print(f"  CREDIT {rec['ts'][:16]}  {rec['rule_id'] + arm:28s} {rec['user_id']:10s} "
+          f"{what}  ({rec['matched_by']})", flush=True)
+
+
 def run_demo(seconds: float, rate: float, speed: float, metrics_port: int | None,
              customers: int) -> int:
     """Run the demo; returns the process exit code."""
@@ -75,11 +87,12 @@ def run_demo(seconds: float, rate: float, speed: float, metrics_port: int | None
     watcher = Consumer(client_config(bootstrap, {"group.id": "engage-demo", "enable.auto.commit": False,
                                                  "fetch.wait.max.ms": 50}))
     watcher.assign([TopicPartition(ACTIONS_TOPIC, 0, OFFSET_BEGINNING),
-                    TopicPartition(DLQ_TOPIC, 0, OFFSET_BEGINNING)])
+                    TopicPartition(DLQ_TOPIC, 0, OFFSET_BEGINNING),
+                    TopicPartition(CONVERSIONS_TOPIC, 0, OFFSET_BEGINNING)])
     shop = Storefront(seed=int(time.time()) % 1000, customers=customers,
                       start_ms=int(time.time() * 1000) - int(seconds * speed * 1000) - 86_400_000,
                       mean_gap_ms=max(1, int(speed * 1000 / rate)))
-    produced = actions = dead = 0
+    produced = actions = dead = credited = 0
     recipients: dict[str, int] = {}
     print(f"storefront {rate:.0f} events/s, event time x{speed:.0f}; Ctrl-C to stop\n", flush=True)
     started = time.monotonic()
@@ -101,6 +114,11 @@ def run_demo(seconds: float, rate: float, speed: float, metrics_port: int | None
                     doc = orjson.loads(msg.value())
                     recipients[doc["user_id"]] = recipients.get(doc["user_id"], 0) + 1
                     _print_action(doc)
+                elif msg.topic() == CONVERSIONS_TOPIC:
+                    rec = orjson.loads(msg.value())
+                    if rec["credited"]:   # the window records of other rules stay quiet
+                        credited += 1
+                        _print_conversion(rec)
                 else:
                     dead += 1
     except KeyboardInterrupt:
@@ -108,7 +126,7 @@ def run_demo(seconds: float, rate: float, speed: float, metrics_port: int | None
     finally:
         producer.flush(5)
         del producer  # closes its connections before the broker goes away
-        _summary(redis_url, produced, actions, dead, recipients)
+        _summary(redis_url, produced, actions, dead, recipients, credited)
         watcher.close()
         _stop(engine)
         if stack is not None:
@@ -117,9 +135,9 @@ def run_demo(seconds: float, rate: float, speed: float, metrics_port: int | None
 
 
 def _summary(redis_url: str, produced: int, actions: int, dead: int,
-             recipients: dict[str, int]) -> None:
+             recipients: dict[str, int], credited: int = 0) -> None:
     print(f"\nproduced {produced} events; {dead} dead-lettered (malformed on purpose); "
-          f"{actions} actions")
+          f"{actions} actions; {credited} orders credited to them (engage report: per rule)")
     if recipients:
         who = max(recipients, key=lambda k: recipients[k])
         client = connect(redis_url)

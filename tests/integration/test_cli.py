@@ -31,7 +31,7 @@ def test_profile_shows_the_merged_customer_view(stack) -> None:
                     paid(T0 + 2 * MIN, "c-7", "o-1", 120.0),
                     add(T0 + 3 * MIN, anon="d-7", sku="SOF-9", price=899.0),
                     view(T0 + DAY, user="c-7", category="lamp")])
-    run_engine(stack)
+    run_engine(stack, model_warmup=0)   # shown untrained: no labels come due in a day
     env = {"ENGAGE_REDIS_URL": stack.redis_url}
     text = engage("profile", "c-7", env=env)
     assert text.returncode == 0, text.stderr
@@ -52,7 +52,8 @@ def test_profile_shows_the_merged_customer_view(stack) -> None:
     assert view_doc["rfm"]["recency_days"] == 0 and view_doc["rfm"]["scores"]["r"] == 5
     assert view_doc["segment"]["name"] == "develop_new"
     assert isinstance(view_doc["tags"], list)
-    # The models scored the customer (untrained: one half), and say which model version did.
+    # The models scored the customer (untrained, warm-up 0: one half), and say which model
+    # version did.
     assert set(view_doc["scores"]) == {"churn_risk", "repurchase_30d"}
     assert all(0.0 <= v <= 1.0 for v in view_doc["scores"].values())
     assert view_doc["models"]["churn_risk"]["version"].startswith("logreg-")
@@ -100,6 +101,7 @@ def test_demo_runs_the_whole_engine_shows_actions_and_cleans_up() -> None:
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "ACTION" in out.stdout and "cart_abandon_24h" in out.stdout
     assert "dead-lettered" in out.stdout and "profile of" in out.stdout
+    assert "orders credited to them" in out.stdout
     ports = [int(line.rsplit(":", 1)[1].split("/")[0]) for line in out.stdout.splitlines()
              if line.startswith(("broker", "redis"))]
     assert len(ports) == 2 and not any(_port_open(p) for p in ports)
