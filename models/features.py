@@ -46,6 +46,9 @@ def last_visit_at(state: CustomerState, t: int) -> int | None:
     From ``last_seen`` (exact per type), not ``max_ts``, which moves once per hour.
     """
     seen = [ts for ts in state.last_seen.values() if ts <= t]
+    # An order applied ahead of t (late in its partition) hides the one before it
+    # in last_seen; the recent orders keep every time.
+    seen += [ts for ts in state.recent_orders.values() if ts <= t]
     return max(seen) if seen else None
 
 
@@ -61,15 +64,24 @@ def features(state: CustomerState, cfg: StateConfig, t: int, rfm_window: str = "
     3.0
     """
     last_visit = last_visit_at(state, t)
-    last_order = state.last_order_ts if state.last_order_ts is not None \
-        and state.last_order_ts <= t else None
+    # Orders as of t. In-order events after t are not applied yet, but an order late
+    # in its own partition is applied on arrival and may still lie after t when
+    # another partition lags: the recent orders' times say which to leave out
+    # (lifetime spend cannot: amounts are not kept per order, so it may hold one).
+    times = sorted(ts for ts in state.recent_orders.values() if ts <= t)
+    later = sum(1 for ts in state.recent_orders.values() if ts > t)
+    if times:
+        last_order: int | None = times[-1]
+    else:
+        last_order = state.last_order_ts if state.last_order_ts is not None \
+            and state.last_order_ts <= t else None
     first_order = state.first_order_ts if state.first_order_ts is not None \
         and state.first_order_ts <= t else None
     try:
         orders_w, spend_w = state.window_orders(cfg, rfm_window, t)
     except KeyError:
         orders_w, spend_w = 0.0, 0.0
-    orders = state.orders
+    orders = state.orders - later
     gap = NEVER_DAYS
     if first_order is not None and last_order is not None and orders > 1:
         gap = (last_order - first_order) / DAY_MS / (orders - 1)
@@ -81,7 +93,6 @@ def features(state: CustomerState, cfg: StateConfig, t: int, rfm_window: str = "
     visits_7d = sum(_count(state, cfg, v, "7d", t) for v in _VISIT_TYPES)
     visits_30d = sum(_count(state, cfg, v, "30d", t) for v in _VISIT_TYPES)
     since_visit = (t - last_visit) / DAY_MS if last_visit is not None else NEVER_DAYS
-    times = sorted(ts for ts in state.recent_orders.values() if ts <= t)
     # The latest gap against the customer's usual one: above 1, they are slowing down.
     slowing = ((times[-1] - times[-2]) / DAY_MS / max(gap, 1.0)) if len(times) >= 2 and \
         orders > 1 else 1.0

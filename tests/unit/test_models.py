@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 from engage.eval_churn import LogError, Replay, config_for, evaluate, read_log
 from engage.events import Event
-from engage.models.features import DAY_MS, features
+from engage.models.features import DAY_MS, FEATURE_NAMES, features
 from engage.models.keeper import CHURN, REPURCHASE, ModelConfig, ModelKeeper
 from engage.models.online import Validation, _bin
 from engage.simulator.churners import population
@@ -260,3 +260,23 @@ def test_settings_refuse_horizons_the_models_cannot_learn() -> None:
     with pytest.raises(ValueError, match="inactive_ttl: must be at least twice churn_horizon"):
         Settings.load({"inactive_ttl": "100d"}, {})
     assert Settings.load({"inactive_ttl": "100d", "models": "false"}, {}).models is False
+
+
+def test_an_order_applied_early_as_late_in_its_partition_stays_out_of_earlier_features() -> None:
+    # Late in its own partition, an order is applied on arrival, while another
+    # partition still holds the customer shard's clock before it.
+    past = CustomerState("c-1", CFG)
+    for e in (order("c-1", T0, 1), view("c-1", T0 + DAY_MS, 2), order("c-1", T0 + 3 * DAY_MS, 3)):
+        past.apply(e, CFG)
+    ahead = CustomerState("c-1", CFG)
+    for e in (order("c-1", T0, 1), view("c-1", T0 + DAY_MS, 2), order("c-1", T0 + 3 * DAY_MS, 3)):
+        ahead.apply(e, CFG)
+    ahead.apply(Event("e-4", "order_paid", T0 + 9 * DAY_MS, "c-1", None, "web",
+                      {"order_id": "o-4", "amount": 100.0}, late=True), CFG)
+    t = T0 + 5 * DAY_MS
+    got = dict(zip(FEATURE_NAMES, features(ahead, CFG, t)))
+    want = dict(zip(FEATURE_NAMES, features(past, CFG, t)))
+    spend = "spend_lifetime"   # amounts are not kept per order: the one feature that may differ
+    assert {k: v for k, v in got.items() if k != spend} == {
+        k: v for k, v in want.items() if k != spend}
+    assert got["days_since_last_order"] == 2.0
