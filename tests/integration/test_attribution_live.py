@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from engage import cli
-from engage.connectors.kafka import CONVERSIONS_TOPIC
+from engage.connectors.kafka import CONVERSIONS_TOPIC, produce_all
 from engage.monitoring import metrics
 
 from helpers import DAY, HOUR, T0, add, doc, paid, rule_book, view
@@ -132,3 +132,8 @@ def test_the_report_reads_the_engines_topics(stack, capsys: pytest.CaptureFixtur
     assert arms["control"]["sent"] == 2 and arms["control"]["converted"]["k"] == 1
     assert sum(a["sent"] for n, a in arms.items() if n != "control") == 2
     assert sum(a["converted"]["k"] for n, a in arms.items() if n != "control") == 1
+    # A message that is not a record stops the report with where it is, not a traceback.
+    produce_all(stack.bootstrap, CONVERSIONS_TOPIC, [(b"x", b"{not json")])
+    assert cli.main(["report", "--kafka-bootstrap", stack.bootstrap]) == 2
+    err = capsys.readouterr().err
+    assert f"{CONVERSIONS_TOPIC}/0@" in err and "not JSON" in err
