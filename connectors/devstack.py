@@ -157,22 +157,28 @@ class DevStack:
 
     def stop(self) -> None:
         """Stop every child (SIGTERM, then SIGKILL) and remove the work dir."""
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for handle in self.logs:
-            handle.close()
-        self.logs.clear()
-        self.procs.clear()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        stop_children(self.procs, self.logs, self.workdir)
 
     def env(self) -> dict[str, str]:
         """Environment variables that point an engine at this stack."""
         return {**os.environ, "ENGAGE_KAFKA_BOOTSTRAP": self.bootstrap,
                 "ENGAGE_REDIS_URL": self.redis_url}
+
+
+def stop_children(procs: list[Any], logs: list[Any], workdir: Path) -> None:
+    """Stop child processes (SIGTERM, then SIGKILL after 5 s), close their log files and
+    remove their work dir; the lists are emptied."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for handle in logs:
+        handle.close()
+    logs.clear()
+    procs.clear()
+    shutil.rmtree(workdir, ignore_errors=True)

@@ -18,7 +18,7 @@ from typing import Any
 import redis
 
 from engage.connectors.devstack import (REDIS_HELP, DevStackError, _die_with_parent, _wait_port,
-                                       free_port)
+                                       free_port, stop_children)
 
 
 class NoClusterSupport(RuntimeError):
@@ -139,17 +139,4 @@ class LocalRedisCluster:
 
     def stop(self) -> None:
         """Stop every node (SIGTERM, then SIGKILL) and remove the work dir."""
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for handle in self.logs:
-            handle.close()
-        self.procs.clear()
-        self.logs.clear()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        stop_children(self.procs, self.logs, self.workdir)
