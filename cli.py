@@ -185,7 +185,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     paths = (args.actions or []) + (args.audit or []) + (args.conversions or [])
     if paths:
         return report_main(paths, args.since, args.rules, args.format, sys.stdout, args.basis)
-    bootstrap = _settings(args).kafka_bootstrap
+    settings = _settings(args)
+    bootstrap = settings.kafka_bootstrap
     if not bootstrap:
         raise ValueError("give --actions, --audit or --conversions files, or point "
                          "ENGAGE_KAFKA_BOOTSTRAP (--kafka-bootstrap) at the engine's Kafka to "
@@ -193,7 +194,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from engage.report import read_topics  # noqa: PLC0415
 
     return report_main([], args.since, args.rules, args.format, sys.stdout, args.basis,
-                       docs=read_topics(bootstrap))
+                       docs=read_topics(bootstrap, kafka_config=settings.kafka_config))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

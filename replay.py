@@ -105,7 +105,9 @@ def read_events(path: str) -> list[tuple[int, int, bytes, bytes]]:
 def replay(events_path: str, rules: list[str] | str | None, settings: Settings | None = None
            ) -> ReplayResult:
     """Run the engine over ``events_path`` with the rules under ``rules``."""
-    settings = settings or Settings.load({"recovery_dir": "", "metrics_port": 0}, {})
+    # The deployment's settings (lateness, windows, tiers, models...) from the
+    # environment, so a backtest decides as the live engine would; no recovery.
+    settings = settings or Settings.load({"recovery_dir": "", "metrics_port": 0})
     paths = rules if isinstance(rules, list) else rule_paths(rules or os.environ.get("ENGAGE_RULES"))
     book = RuleBook.load(paths, settings.state_config())
     records = read_events(events_path)

@@ -603,16 +603,18 @@ def parse_since(text: str | None, touches_ms: Iterable[int]) -> int | None:
     return latest - span
 
 
-def read_topics(bootstrap: str, timeout: float = 120.0) -> list[tuple[str, dict[str, Any]]]:
+def read_topics(bootstrap: str, timeout: float = 120.0,
+                kafka_config: dict[str, str] | None = None) -> list[tuple[str, dict[str, Any]]]:
     """``(topic/partition@offset, doc)`` of every message on the engine's actions, audit and
-    conversions topics (read from the start; a topic not created yet reads as empty)."""
+    conversions topics (read from the start; a topic not created yet reads as empty).
+    ``kafka_config``: the client settings (SASL, TLS) of ``ENGAGE_KAFKA_CONFIG``."""
     from engage.connectors.kafka import (  # noqa: PLC0415 - files need no Kafka client
         ACTIONS_TOPIC, AUDIT_TOPIC, CONVERSIONS_TOPIC, read_topic)
 
     docs: list[tuple[str, dict[str, Any]]] = []
     for topic in (ACTIONS_TOPIC, AUDIT_TOPIC, CONVERSIONS_TOPIC):
         try:
-            messages = read_topic(bootstrap, topic, timeout)
+            messages = read_topic(bootstrap, topic, timeout, kafka_config)
         except KeyError:
             continue
         for m in messages:

@@ -2,16 +2,19 @@
 
 Read top to bottom, this is the path of one event::
 
-    engage.events ─ ingest (parse, late?, tick) ─┬─ dead letters ──────────────────────────────┐
-                                                 ├─ identity (device shards) ─┐                │
-                                                 └────────────────────────────┴─ customers (shards, rules)
-                                                                                ├─ state → Redis
-                                                                                ├─ profile changes ┤
-                                                                                ├─ decisions ─ contact ledger
-                                                                                │   ├─ actions, audit ─┤
-                                                                                │   └─ touches ─┐      │
-                                                                                └─ orders ──────┴─ attribution
-                                                                                    (shards) ─ conversions ┴→ Kafka
+    engage.events ─ ingest (parse, late?, tick) ─┬─ dead letters ─────────────────────────→ engage.dlq
+    engage.control (erasures, model commands) ───┤
+                                                 ├─ identity (device shards) ─┬─ device state ─→ Redis
+                                                 │                            └─ attributed ─┐
+                                                 └─ events that name their customer ─────────┴─ customers
+    customers (shards: state, profile, models, rules) ─┬─ state, memberships ─────────────────→ Redis
+                                                       ├─ profile changes ───────────→ engage.profile_changes
+                                                       ├─ decisions ─ contact ledger (caps, conflict groups)
+                                                       │    ├─ sent ─────────────────────────→ engage.actions
+                                                       │    ├─ not sent, with the reason ────→ engage.audit
+                                                       │    └─ touches (sent, control) ─┐
+                                                       └─ orders, erasures ─────────────┴─ attribution (shards)
+                                                                                        ─→ engage.conversions
 
 Every step between the source and the sinks takes whole batches, so Python
 is called once per batch and shard, not once per event. Connectors are
