@@ -203,11 +203,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from engage.benchmarks.scale import main as scale_main, parse_shapes  # noqa: PLC0415
 
         return scale_main(parse_shapes(args.scale), events=args.events, customers=args.customers,
-                          write=args.write, repeat=args.repeat)
+                          write=args.write, repeat=args.repeat,
+                          use_configured=args.use_configured)
     from engage.benchmarks.bench import main as bench_main  # noqa: PLC0415
 
     return bench_main(events=args.events, customers=args.customers, write=args.write,
-                      repeat=args.repeat, with_models=not args.no_models)
+                      repeat=args.repeat, with_models=not args.no_models,
+                      use_configured=args.use_configured)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -333,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--scale", metavar="WxP,...",
                        help="instead: the engine by workers per process x processes, "
                             "e.g. 1x1,2x1,1x2,2x2 (each as `engage run --stop-at-end`)")
+    bench.add_argument("--use-configured", dest="use_configured", action="store_true",
+                       help="measure on ENGAGE_KAFKA_BOOTSTRAP and ENGAGE_REDIS_URL instead of an "
+                            "embedded stack: writes to engage.events and EMPTIES that Redis database")
     bench.set_defaults(func=cmd_bench)
     return parser
 

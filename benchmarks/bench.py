@@ -46,6 +46,7 @@ from bytewax.testing import run_main
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from engage.config import Settings
+from engage.connectors.redis_store import connect
 from engage.connectors.devstack import DevStack
 from engage.connectors.kafka import EVENTS_TOPIC, client_config, produce_all
 from engage.events import Event
@@ -215,12 +216,17 @@ def models_cost(events: int, customers: int, repeat: int = 1) -> dict[str, float
 
 def main(events: int = 300_000, customers: int = 20_000, write: str | None = None,
          repeat: int = 1, baseline_events: int = 30_000, sessions: int = 1000,
-         with_models: bool = True) -> int:
-    """Run every measurement and print (and optionally write) the table."""
+         with_models: bool = True, use_configured: bool = False) -> int:
+    """Run every measurement and print (and optionally write) the table.
+
+    On an embedded broker and redis-server of its own, unless ``use_configured``:
+    the benchmark writes 300k events to ``engage.events`` and empties the Redis
+    database between runs, which must never happen to a deployment's by accident.
+    """
     settings = Settings.load({"recovery_dir": "", "metrics_port": 0, "rules": SPINE_RULES,
                               "models": False})
     stack = None
-    if not (settings.kafka_bootstrap and settings.redis_url):
+    if not (use_configured and settings.kafka_bootstrap and settings.redis_url):
         stack = DevStack(event_partitions=settings.event_partitions)
         stack.start()
         settings = Settings.load({"kafka_bootstrap": stack.bootstrap, "redis_url": stack.redis_url,
@@ -236,7 +242,7 @@ def main(events: int = 300_000, customers: int = 20_000, write: str | None = Non
                           start_ms=int(time.time() * 1000) - events * 300 - 86_400_000)
         produce_all(settings.kafka_bootstrap or "", EVENTS_TOPIC, shop.events(events))
         rows: dict[str, float] = {}
-        client = redis.Redis.from_url(settings.redis_url or "")
+        client = connect(settings.redis_url or "")   # a cluster URL too
         for _ in range(repeat):
             rows["raw"] = max(rows.get("raw", 0), raw_consume_parse(settings.kafka_bootstrap or "",
                                                                     events))

@@ -28,10 +28,10 @@ import urllib.request
 from datetime import datetime, timezone
 from typing import Sequence
 
-import redis
 
 from engage.benchmarks.bench import SPINE_RULES
 from engage.config import Settings
+from engage.connectors.redis_store import connect
 from engage.connectors.devstack import DevStack, free_port
 from engage.connectors.kafka import EVENTS_TOPIC, produce_all
 from engage.simulator.storefront import Storefront
@@ -110,13 +110,17 @@ def run_shape(settings: Settings, workers: int, processes: int, n: int) -> tuple
 
 
 def main(shapes: Sequence[tuple[int, int]], events: int = 300_000, customers: int = 20_000,
-         write: str | None = None, repeat: int = 1, sessions: int = 1000) -> int:
-    """Measure each shape on the same records; print (and optionally append) the table."""
+         write: str | None = None, repeat: int = 1, sessions: int = 1000,
+         use_configured: bool = False) -> int:
+    """Measure each shape on the same records; print (and optionally append) the table.
+
+    On an embedded stack unless ``use_configured`` (see :func:`engage.benchmarks.bench.main`).
+    """
     settings = Settings.load({"recovery_dir": "", "metrics_port": 0})
     # Enough input partitions that no worker of the largest shape sits idle.
     partitions = max(settings.event_partitions, max(w * p for w, p in shapes))
     stack = None
-    if not (settings.kafka_bootstrap and settings.redis_url):
+    if not (use_configured and settings.kafka_bootstrap and settings.redis_url):
         stack = DevStack(event_partitions=partitions)
         stack.start()
         settings = Settings.load({"kafka_bootstrap": stack.bootstrap,
@@ -128,7 +132,7 @@ def main(shapes: Sequence[tuple[int, int]], events: int = 300_000, customers: in
         shop = Storefront(seed=42, customers=customers, mean_gap_ms=300, sessions=sessions,
                           start_ms=int(time.time() * 1000) - events * 300 - 86_400_000)
         produce_all(settings.kafka_bootstrap or "", EVENTS_TOPIC, shop.events(events))
-        client = redis.Redis.from_url(settings.redis_url or "")
+        client = connect(settings.redis_url or "")   # a cluster URL too
         for _ in range(repeat):
             for workers, processes in shapes:
                 client.flushdb()
