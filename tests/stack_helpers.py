@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from typing import Any
 
 import orjson
@@ -13,6 +17,9 @@ from engage.config import Settings
 from engage.connectors.devstack import DevStack
 from engage.connectors.kafka import EVENTS_TOPIC, produce_all, read_topic
 from engage.runtime import engine_flow
+from engage.state.keys import state_key
+
+from helpers import HOUR, MIN, T0, login, view
 
 
 def settings_for(stack: DevStack, **over: Any) -> Settings:
@@ -70,3 +77,43 @@ def state_snapshot(client: redis.Redis) -> dict[str, Any]:
         elif name != "engage:clock":
             out[name] = value
     return out
+
+
+def take_over_and_continue(stack: DevStack, client: Any,
+                           redis_url: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A first deployment builds c-9 (2 views, a login linking d-9); a second one starts
+    with ``--start-from end``, takes the state over and sees one more device view.
+
+    Returns c-9's document after the first deployment and after the second; the
+    second deployment must stop cleanly on SIGINT.
+    """
+    produce(stack, [view(T0, user="c-9"), login(T0 + MIN, "c-9", "d-9"),
+                    view(T0 + HOUR, anon="d-9")])
+    run_engine(stack, **({"redis_url": redis_url} if redis_url else {}))
+    first = orjson.loads(client.get(state_key("c-9")))
+    env = {**stack.env(), "ENGAGE_METRICS_PORT": "0",
+           **({"ENGAGE_REDIS_URL": redis_url} if redis_url else {})}
+    proc = subprocess.Popen([sys.executable, "-m", "engage.cli", "run", "--no-recovery",
+                             "--start-from", "end"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        time.sleep(4)  # let it start and take its end offsets
+        # A device linked by the earlier deployment stays linked to its customer.
+        # Device events wait for event time to pass them (the identity step
+        # orders them), so other customers' later traffic, on every partition,
+        # follows.
+        produce(stack, [view(T0 + 2 * HOUR, anon="d-9", category="lamp")]
+                + [view(T0 + 3 * HOUR, user=f"other-{i}") for i in range(20)])
+        deadline = time.monotonic() + 45
+        doc = first
+        while time.monotonic() < deadline:
+            doc = orjson.loads(client.get(state_key("c-9")))
+            if doc["lifetime"].get("product_view") == 3:
+                break
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out.decode()[-2000:]
+    assert b"Traceback" not in out
+    return first, doc

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import heapq
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -38,7 +37,7 @@ from engage.state.keys import ERASURES_KEY, MEMBERS_INDEX, memberships_key, stat
 
 from helpers import DAY, HOUR, MIN, T0, add, login, view
 from redis_cluster import LocalRedisCluster, NoClusterSupport
-from stack_helpers import produce, run_engine, state_snapshot, topic_docs
+from stack_helpers import produce, run_engine, state_snapshot, take_over_and_continue, topic_docs
 
 pytestmark = pytest.mark.integration
 CAPPED = str(Path(__file__).parent.parent / "rules" / "capped.yaml")
@@ -238,35 +237,12 @@ def test_a_new_deployment_takes_over_state_from_the_cluster_and_continues_from_t
     cluster.flush()
     client = connect(cluster.url)
     with DevStack(event_partitions=3, with_redis=False) as stack:
-        produce(stack, [view(T0, user="c-9"), login(T0 + MIN, "c-9", "d-9"),
-                        view(T0 + HOUR, anon="d-9")])
-        run_engine(stack, redis_url=cluster.url)
-        first = orjson.loads(client.get(state_key("c-9")))
-        assert first["lifetime"] == {"product_view": 2, "login": 1}
         # A new deployment (a lineage of its own) finds state on some primary and
         # takes it over: documents and their takeover copies read slot by slot.
-        env = {**stack.env(), "ENGAGE_REDIS_URL": cluster.url, "ENGAGE_METRICS_PORT": "0"}
-        proc = subprocess.Popen([sys.executable, "-m", "engage.cli", "run", "--no-recovery",
-                                 "--start-from", "end"], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        try:
-            time.sleep(4)  # let it start and take its end offsets
-            produce(stack, [view(T0 + 2 * HOUR, anon="d-9", category="lamp")]
-                    + [view(T0 + 3 * HOUR, user=f"other-{i}") for i in range(20)])
-            deadline = time.monotonic() + 45
-            doc = first
-            while time.monotonic() < deadline:
-                doc = orjson.loads(client.get(state_key("c-9")))
-                if doc["lifetime"].get("product_view") == 3:
-                    break
-                time.sleep(0.2)
-            assert doc["lifetime"] == {"product_view": 3, "login": 1}   # 2 taken over + 1 new
-            assert doc["lin"] != first["lin"] and client.exists("engage:base:{c-9}")
-        finally:
-            proc.send_signal(signal.SIGINT)
-            out, _ = proc.communicate(timeout=30)
-        assert proc.returncode == 0, out.decode()[-2000:]
-        assert b"Traceback" not in out
+        first, doc = take_over_and_continue(stack, client, cluster.url)
+    assert first["lifetime"] == {"product_view": 2, "login": 1}
+    assert doc["lifetime"] == {"product_view": 3, "login": 1}   # 2 taken over + 1 new
+    assert doc["lin"] != first["lin"] and client.exists("engage:base:{c-9}")
 
 
 def test_a_takeover_reads_documents_of_many_slots_in_key_order(cluster: LocalRedisCluster) -> None:
