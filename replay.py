@@ -23,7 +23,6 @@ from typing import Any, TextIO
 import orjson
 from bytewax.testing import run_main
 
-from engage.attribution.ledger import newest
 from engage.config import Settings
 from engage.connectors.kafka import CONVERSIONS_TOPIC, PROFILE_TOPIC
 from engage.connectors.memory import ListSink, ListSource
@@ -51,23 +50,17 @@ class ReplayResult:
 
     def attribution(self) -> dict[str, dict[str, dict[str, int]]]:
         """Per rule and arm (variant, ``control``, or ``-``): touches, credited conversions,
-        redemptions and net revenue in cents, from the newest record of each conversion."""
-        out: dict[str, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
-        for doc in self.actions:
-            if not doc.get("transactional"):
-                out[doc["rule_id"]][doc.get("variant") or "-"]["touches"] += 1
-        for doc in self.suppressed:
-            if doc["reason"] == "control" and not doc.get("transactional"):
-                out[doc["rule_id"]]["control"]["touches"] += 1
-        for rec in newest(self.conversions).values():
-            if not rec["credited"] or rec["reversed"]:
-                continue
-            arm = out[rec["rule_id"]][rec["variant"] or "-"]
-            arm["converted"] += 1
-            arm["redeemed"] += rec["redeemed"]
-            arm["net_cents"] += rec["net_cents"]
-        return {rule: {arm: dict(c) for arm, c in sorted(arms.items())}
-                for rule, arms in sorted(out.items())}
+        redemptions and net revenue in cents, as ``engage report`` counts them."""
+        from engage.report import build_report  # noqa: PLC0415 - only for this summary
+
+        report = build_report([("replay", d) for d in self.actions],
+                              [("replay", d) for d in self.suppressed],
+                              [("replay", r) for r in self.conversions])
+        return {r.rule_id: {a.name or "-": {"touches": a.sent, "converted": a.converted.k,
+                                            "redeemed": a.redeemed.k if a.redeemed else 0,
+                                            "net_cents": a.revenue_cents}
+                            for a in r.arms}
+                for r in report.rules if r.arms}
 
     def summary(self) -> dict[str, dict[str, int]]:
         """Per rule: fired (sent), then a count per suppression reason, and deferred."""
