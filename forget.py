@@ -32,7 +32,7 @@ from redis.cluster import RedisCluster
 
 from engage.config import Settings
 from engage.connectors.kafka import CONTROL_TOPIC, ensure_topics, produce_all
-from engage.connectors.redis_store import SEP, Client, connect
+from engage.connectors.redis_store import SEP, Client, connect, read_document
 from engage.events import anon_key
 from engage.rules.decide import iso
 from engage.state.keys import (ERASURES_KEY, MEMBERS_INDEX, base_key, contact_keys, link_key,
@@ -75,8 +75,8 @@ def customer_keys(client: Client, customer: str) -> tuple[list[str], list[str]]:
     """The customer's own Redis keys, and three per device linked to them
     (link, device document, its takeover copy)."""
     own = [state_key(customer), base_key(customer), *contact_keys(customer)]
-    raw = client.get(state_key(customer))
-    devices = orjson.loads(raw).get("anon_ids", []) if raw is not None else []
+    doc = read_document(client, state_key(customer))
+    devices = doc.get("anon_ids", []) if doc is not None else []
     per_device = [k for device in devices for k in (
         link_key(device), state_key(anon_key(device)), base_key(anon_key(device)))]
     return own, per_device

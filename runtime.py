@@ -101,7 +101,7 @@ def engine_flow(settings: Settings, stop_at_end: bool = False, from_end: bool = 
     url, ttl = settings.redis_url, settings.ms("inactive_ttl")
     # A backfill keeps the profile (and its tags) but decides nothing.
     flow = build_flow(settings, source,
-                      RedisStateSink(settings.redis_url, ttl // 1000),
+                      RedisStateSink(settings.redis_url, ttl // 1000, settings.state_codec),
                       KafkaTopicsSink(settings.kafka_bootstrap, settings.kafka_config,
                                       latency_topic=ACTIONS_TOPIC),
                       lineage=line, bootstrap=bootstrap, finish_on_eof=stop_at_end,

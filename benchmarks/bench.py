@@ -167,22 +167,29 @@ def redis_footprint(redis_url: str, empty_bytes: int) -> dict[str, float]:
 
     ``total``: ``used_memory`` above the empty server's, per customer (their
     documents, devices, links, contact ledgers, membership sets and index);
+    ``customer``: the same less the documents of anonymous visitors (devices
+    never linked to a customer), which are not any customer's cost;
+    ``visitor``: mean ``MEMORY USAGE`` of an anonymous visitor's document;
     ``document``: mean ``MEMORY USAGE`` of a customer's document;
     ``memberships``: the sets and their index, per customer.
     """
     client = redis.Redis.from_url(redis_url)
-    docs = doc_bytes = 0
+    docs = doc_bytes = visitors = visitor_bytes = 0
     for key in client.scan_iter("engage:c:*", count=1000):
+        size = client.memory_usage(key, samples=0) or 0
         if key.startswith(b"engage:c:{~"):
-            continue   # a device not linked to anyone
-        docs += 1
-        doc_bytes += client.memory_usage(key, samples=0) or 0
+            visitors += 1   # a device not linked to anyone
+            visitor_bytes += size
+        else:
+            docs += 1
+            doc_bytes += size
     member_bytes = sum(client.memory_usage(k, samples=0) or 0
                        for k in client.scan_iter("engage:members*", count=1000))
     used = int(client.info("memory")["used_memory"]) - empty_bytes
     n = max(docs, 1)
-    return {"customers": docs, "total": used / n, "document": doc_bytes / n,
-            "memberships": member_bytes / n}
+    return {"customers": docs, "visitors": visitors, "total": used / n,
+            "customer": (used - visitor_bytes) / n, "visitor": visitor_bytes / max(visitors, 1),
+            "document": doc_bytes / n, "memberships": member_bytes / n}
 
 
 def models_cost(events: int, customers: int, repeat: int = 1) -> dict[str, float]:
@@ -316,10 +323,14 @@ def render(rows: dict[str, float], events: int, customers: int, subset: int,
         f"the full catalog with tags {rows['catalog'] / engine_rate:.0%} (target ≥ 70%).",
         "",
         f"Redis memory per customer, after the catalog run ({footprint['customers']:,.0f} "
-        f"customers; target ≤ 2 KB): **{footprint['total']:,.0f} bytes** in all (used_memory "
-        f"above the empty server: documents, devices, links, contact ledgers, membership sets); "
-        f"of which the customer document {footprint['document']:,.0f} (MEMORY USAGE, mean) and "
-        f"membership sets with their index {footprint['memberships']:,.0f}.",
+        f"customers, {footprint['visitors']:,.0f} anonymous visitors; target ≤ 2 KB): "
+        f"**{footprint['customer']:,.0f} bytes** all-in per customer (used_memory above the empty "
+        f"server, less the anonymous visitors' documents: the customer's document, device links, "
+        f"contact ledgers, membership sets and their index), of which the document "
+        f"{footprint['document']:,.0f} (MEMORY USAGE, mean) and membership sets with their index "
+        f"{footprint['memberships']:,.0f}; an anonymous visitor's document "
+        f"{footprint['visitor']:,.0f}; everything divided by customers alone "
+        f"{footprint['total']:,.0f}.",
         "",
     ]
     if models is not None:

@@ -29,8 +29,9 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from engage.monitoring import metrics
 from engage.operators.records import StateWrites
 from engage.events import anon_key
-from engage.state.keys import (CLOCK_KEY, MEMBERS_INDEX, STATE_PATTERN, link_key, members_key,
-                               memberships_key, state_key)
+from engage.state.codec import Encoder, decode, decode_optional
+from engage.state.keys import (CLOCK_KEY, DOCUMENT_PREFIXES, MEMBERS_INDEX, STATE_PATTERN,
+                               link_key, members_key, memberships_key, state_key)
 
 log = logging.getLogger(__name__)
 
@@ -210,9 +211,11 @@ class _StatePartition(StatelessSinkPartition[Any]):
     restart: restored shards rewrite what they wrote in their last epochs.
     """
 
-    def __init__(self, client: Client, ttl_s: int) -> None:
+    def __init__(self, client: Client, ttl_s: int, codec: str = "zstd") -> None:
         self.client = client
         self.ttl = str(ttl_s)
+        #: Used by the writer thread only (compressing there overlaps the next batch).
+        self.encoder = Encoder(codec)
         self.script = client.register_script(_WRITE_BATCH)
         # (what _send writes, keys set, keys deleted, clock written): one batch.
         self.queue: queue.Queue[tuple[Any, int, int, int] | None] = queue.Queue()
@@ -261,6 +264,17 @@ class _StatePartition(StatelessSinkPartition[Any]):
         self.idle.clear()
         self.queue.put(((keys, args), len(sets), len(dels), clock))
 
+    def _encode(self, payload: Any, n_set: int) -> Any:
+        """The payload with its state documents encoded for storage (writer thread)."""
+        keys, args = payload
+        if self.encoder.codec == "json":
+            return payload
+        encode = self.encoder.encode
+        for i in range(n_set):
+            if keys[i].startswith(DOCUMENT_PREFIXES):
+                args[4 + i] = encode(args[4 + i])
+        return payload
+
     def _drain(self) -> None:
         try:
             while True:
@@ -269,6 +283,7 @@ class _StatePartition(StatelessSinkPartition[Any]):
                     return
                 payload, n_set, n_del, clock = job
                 started = time.perf_counter()
+                payload = self._encode(payload, n_set)
                 self._call(payload, clock)
                 metrics.STATE_WRITE_SECONDS.observe(time.perf_counter() - started)
                 metrics.STATE_KEYS_WRITTEN.labels("set").inc(n_set)
@@ -355,8 +370,8 @@ class _ClusterStatePartition(_StatePartition):
     one batch, a reader may see a document before its sets follow).
     """
 
-    def __init__(self, client: RedisCluster, ttl_s: int) -> None:
-        super().__init__(client, ttl_s)
+    def __init__(self, client: RedisCluster, ttl_s: int, codec: str = "zstd") -> None:
+        super().__init__(client, ttl_s, codec)
         self.cluster = client
         self.write_sha = client.script_load(_WRITE_SLOT)
         self.clock_sha = client.script_load(_ADVANCE_CLOCK)
@@ -390,6 +405,16 @@ class _ClusterStatePartition(_StatePartition):
             group[3].append(customer)
         self.idle.clear()
         self.queue.put((_ClusterBatch(slots, members, clock), n_set, n_del, clock))
+
+    def _encode(self, payload: Any, n_set: int) -> Any:
+        batch: _ClusterBatch = payload
+        if self.encoder.codec != "json":
+            encode = self.encoder.encode
+            for sets, values, _, _ in batch.slots.values():
+                for i, key in enumerate(sets):
+                    if key.startswith(DOCUMENT_PREFIXES):
+                        values[i] = encode(values[i])
+        return batch
 
     def _send(self, payload: Any) -> None:
         batch: _ClusterBatch = payload
@@ -441,17 +466,21 @@ class _ClusterStatePartition(_StatePartition):
 
 
 class RedisStateSink(DynamicSink[StateWrites]):
-    """Writes :class:`StateWrites` records, one round trip per batch."""
+    """Writes :class:`StateWrites` records, one round trip per batch.
 
-    def __init__(self, url: str, ttl_s: int) -> None:
+    ``codec``: how state documents are stored (:mod:`engage.state.codec`).
+    """
+
+    def __init__(self, url: str, ttl_s: int, codec: str = "zstd") -> None:
         self.url = url
         self.ttl_s = ttl_s
+        self.codec = codec
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _StatePartition:
         client = connect(self.url)
         if isinstance(client, RedisCluster):
-            return _ClusterStatePartition(client, self.ttl_s)
-        return _StatePartition(client, self.ttl_s)
+            return _ClusterStatePartition(client, self.ttl_s, self.codec)
+        return _StatePartition(client, self.ttl_s, self.codec)
 
 
 def mget(client: Client, keys: list[str]) -> list[bytes | None]:
@@ -470,8 +499,10 @@ def make_loader(url: str) -> Any:
 
     def load(keys: list[str]) -> list[bytes | None]:
         # Like writes, a takeover waits for Redis rather than start customers empty.
-        return call_until_answered(lambda: mget(client, keys), "bootstrap read",
-                                   "bootstrap") if keys else []
+        # The shards read JSON: documents are decoded here, at the edge.
+        values = call_until_answered(lambda: mget(client, keys), "bootstrap read",
+                                     "bootstrap") if keys else []
+        return [decode_optional(v) for v in values]
 
     return load
 
@@ -510,7 +541,13 @@ def read_customer(client: Client, some_id: str) -> tuple[str, dict[str, Any]] | 
             raw = client.get(state_key(key))
     if raw is None:
         return None
-    return key, orjson.loads(raw)
+    return key, orjson.loads(decode(raw))
+
+
+def read_document(client: Client, key: str) -> dict[str, Any] | None:
+    """The state document stored at ``key`` (``state_key(...)``), decoded; None if absent."""
+    raw = client.get(key)
+    return None if raw is None else orjson.loads(decode(raw))
 
 
 def read_clock(client: Client) -> int | None:

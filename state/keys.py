@@ -12,7 +12,7 @@ PREFIX = "engage"
 
 
 def state_key(customer_key: str) -> str:
-    """The JSON state document of a customer (or of an anonymous device ``~id``).
+    """The state document (JSON, stored compressed) of a customer (or of an anonymous device ``~id``).
 
     >>> state_key("c-1001")
     'engage:c:{c-1001}'
@@ -44,6 +44,9 @@ CLOCK_KEY = f"{PREFIX}:clock"
 
 STATE_PATTERN = f"{PREFIX}:c:*"
 """Matches every state document (SCAN pattern)."""
+
+DOCUMENT_PREFIXES = (f"{PREFIX}:c:", f"{PREFIX}:base:")
+"""Keys holding state documents (stored with the state codec, engage.state.codec)."""
 
 
 def contact_keys(customer: str) -> tuple[str, str]:

@@ -16,7 +16,9 @@ from bytewax.testing import run_main
 from engage.config import Settings
 from engage.connectors.devstack import DevStack
 from engage.connectors.kafka import EVENTS_TOPIC, produce_all, read_topic
+from engage.connectors.redis_store import read_document
 from engage.runtime import engine_flow
+from engage.state.codec import decode
 from engage.state.keys import state_key
 
 from helpers import HOUR, MIN, T0, login, view
@@ -71,7 +73,7 @@ def state_snapshot(client: redis.Redis) -> dict[str, Any]:
             continue
         value = client.get(key)
         if name.startswith("engage:c:"):
-            doc = orjson.loads(value)
+            doc = orjson.loads(decode(value))
             doc.pop("lin", None)
             out[name] = doc
         elif name != "engage:clock":
@@ -90,7 +92,7 @@ def take_over_and_continue(stack: DevStack, client: Any,
     produce(stack, [view(T0, user="c-9"), login(T0 + MIN, "c-9", "d-9"),
                     view(T0 + HOUR, anon="d-9")])
     run_engine(stack, **({"redis_url": redis_url} if redis_url else {}))
-    first = orjson.loads(client.get(state_key("c-9")))
+    first = read_document(client, state_key("c-9"))
     env = {**stack.env(), "ENGAGE_METRICS_PORT": "0",
            **({"ENGAGE_REDIS_URL": redis_url} if redis_url else {})}
     proc = subprocess.Popen([sys.executable, "-m", "engage.cli", "run", "--no-recovery",
@@ -107,7 +109,7 @@ def take_over_and_continue(stack: DevStack, client: Any,
         deadline = time.monotonic() + 45
         doc = first
         while time.monotonic() < deadline:
-            doc = orjson.loads(client.get(state_key("c-9")))
+            doc = read_document(client, state_key("c-9"))
             if doc["lifetime"].get("product_view") == 3:
                 break
             time.sleep(0.2)

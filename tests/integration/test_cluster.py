@@ -15,6 +15,7 @@ from engage.connectors.devstack import DevStack
 from engage.attribution.ledger import newest
 from engage.connectors.kafka import ACTIONS_TOPIC, CONVERSIONS_TOPIC, EVENTS_TOPIC, produce_all
 from engage.simulator.storefront import Storefront
+from engage.connectors.redis_store import read_document
 
 from stack_helpers import redis_client, state_snapshot, topic_docs
 
@@ -64,7 +65,7 @@ def test_a_cluster_with_recovery_resumes_where_it_stopped(tmp_path: Path) -> Non
             state, actions, _ = _run(stack, "--workers", "1", "--processes", "2",
                                      recovery=str(tmp_path / "recovery"))
         client = redis_client(stack)
-        lineages = {orjson.loads(client.get(k)).get("lin") for k in client.scan_iter("engage:c:*")}
+        lineages = {read_document(client, k).get("lin") for k in client.scan_iter("engage:c:*")}
     # Every document of the deployment carries one lineage, whichever process wrote it.
     assert len(lineages) == 1 and None not in lineages
     assert (state, actions) == expected

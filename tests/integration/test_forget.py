@@ -13,6 +13,7 @@ import pytest
 from engage.rules.loader import CATALOG_DIR
 from engage.state.keys import ERASURES_KEY, MEMBERS_INDEX, state_key
 from engage.state.profile import memberships
+from engage.connectors.redis_store import read_document
 
 from helpers import DAY, HOUR, MIN, T0, add, login, paid, view
 from stack_helpers import produce, redis_client
@@ -66,7 +67,7 @@ def test_forget_erases_a_customer_everywhere_and_the_engine_ignores_them_after(
     produce(stack, history(T0 + 2 * DAY, "c-1", "d-1") + history(T0 + 2 * DAY, "c-2", "d-2"))
     engine(stack, tmp_path)
     assert everything_about(r, "c-1", "d-1") == []
-    c2 = orjson.loads(r.get(state_key("c-2")))
+    c2 = read_document(r, state_key("c-2"))
     assert c2["orders"]["count"] == 2
     for m in memberships(c2["derived"]).split("\x1f"):
         assert r.sismember(f"engage:members:{{{m}}}", "c-2")

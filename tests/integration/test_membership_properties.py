@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from engage.config import Settings
 from engage.connectors.devstack import DevStack
 from engage.connectors.memory import ListSink, ListSource
-from engage.connectors.redis_store import RedisStateSink
+from engage.connectors.redis_store import RedisStateSink, read_document
 from engage.flows.engagement import build_flow
 from engage.rules.book import RuleBook
 from engage.rules.loader import load_rules
@@ -99,7 +99,7 @@ def test_membership_sets_match_every_profile_after_merges_and_erasures(
 
     expected: dict[str, set[str]] = {}
     for key in r.scan_iter("engage:c:*"):
-        doc = orjson.loads(r.get(key))
+        doc = read_document(r, key)
         if doc["id"].startswith("~"):
             continue
         for m in filter(None, memberships(doc.get("derived", {})).split("\x1f")):

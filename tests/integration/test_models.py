@@ -24,6 +24,7 @@ from engage.connectors.devstack import DevStack
 from engage.connectors.kafka import ACTIONS_TOPIC, EVENTS_TOPIC, PROFILE_TOPIC, produce_all
 from engage.model_admin import command, status
 from engage.simulator.churners import as_events, population
+from engage.connectors.redis_store import read_document
 
 from stack_helpers import produce, redis_client, run_engine, state_snapshot, topic_docs
 
@@ -53,7 +54,7 @@ def test_a_live_engine_scores_learns_tags_and_acts_on_churn_risk(stack: DevStack
 
     # Every customer carries both scores, stamped with the model version that gave them.
     r = redis_client(stack)
-    docs = [orjson.loads(r.get(k)) for k in r.scan_iter("engage:c:{c-*")]
+    docs = [read_document(r, k) for k in r.scan_iter("engage:c:{c-*")]
     assert len(docs) > 1000
     for doc in docs:
         scores = doc["derived"]["scores"]
@@ -120,7 +121,8 @@ def test_model_state_survives_kill_9_and_equals_an_uninterrupted_run(tmp_path: P
         # customer with a score shows it: a replica has learnt its warm-up (100 labels)
         # by then (the shards' summaries appear only every 10 s, maybe not before the end).
         while time.monotonic() < deadline and proc.poll() is None:
-            if any(b'"scores"' in (r.get(k) or b"") for k in r.scan_iter("engage:c:*")):
+            if any("scores" in (read_document(r, k) or {}).get("derived", {})
+                   for k in r.scan_iter("engage:c:*")):
                 break
             time.sleep(0.05)
         time.sleep(0.3)

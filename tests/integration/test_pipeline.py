@@ -5,7 +5,9 @@ from __future__ import annotations
 import orjson
 
 from engage.connectors.kafka import ACTIONS_TOPIC, DLQ_TOPIC, EVENTS_TOPIC, produce_all, read_topic
+from engage.connectors.redis_store import make_loader, read_customer, read_document
 from engage.monitoring import metrics
+from engage.state.codec import decode, is_compressed
 from engage.state.keys import link_key, state_key
 
 from stack_helpers import produce, redis_client, run_engine, topic_docs
@@ -22,13 +24,13 @@ def test_state_actions_and_identity_end_to_end(stack) -> None:
     ])
     run_engine(stack)
     r = redis_client(stack)
-    c1 = orjson.loads(r.get(state_key("c-1")))
+    c1 = read_document(r, state_key("c-1"))
     assert c1["lifetime"] == {"product_view": 2, "add_to_cart": 1, "login": 1}
     assert c1["anon_ids"] == ["d-1"]
     assert r.get(link_key("d-1")) == b"c-1"
     assert r.get(state_key("~d-1")) is None
     assert r.ttl(state_key("c-1")) > 300 * 86400  # inactive customers expire
-    c2 = orjson.loads(r.get(state_key("c-2")))
+    c2 = read_document(r, state_key("c-2"))
     assert c2["orders"]["count"] == 1 and c2["orders"]["spend"] == 499.0
     [action] = topic_docs(stack, ACTIONS_TOPIC)
     assert action["user_id"] == "c-1" and action["trigger_event_ids"] == ["e-cart"]
@@ -71,7 +73,7 @@ def test_late_events_within_lateness_land_in_their_window_later_ones_in_lifetime
         view(T0 + 2 * DAY, user="c-1", category="rug"),                # 8 days late
     ])
     run_engine(stack, event_partitions=1)
-    c1 = orjson.loads(redis_client(stack).get(state_key("c-1")))
+    c1 = read_document(redis_client(stack), state_key("c-1"))
     assert c1["lifetime"]["product_view"] == 3 and c1["late"] == 1
     assert "product_view|lamp" in counters(c1) and "product_view|rug" not in counters(c1)
     assert metrics.LATE_EVENTS._value.get() - before == 1
@@ -87,6 +89,24 @@ def test_a_shared_device_is_not_merged_into_more_customers_than_allowed(stack) -
     r = redis_client(stack)
     assert metrics.IDENTITY_LINKS.labels("refused")._value.get() - before == 2
     assert r.get(link_key("kiosk")) == b"c-1"
-    linked = [orjson.loads(r.get(state_key(f"c-{i}"))) for i in range(4)]
+    linked = [read_document(r, state_key(f"c-{i}")) for i in range(4)]
     assert [d.get("anon_ids", []) for d in linked] == [["kiosk"], ["kiosk"], [], []]
     assert linked[0]["lifetime"] == {"product_view": 1, "login": 1}  # the device's view went once
+
+
+def test_documents_are_stored_compressed_and_read_back_whichever_codec_wrote_them(stack) -> None:
+    produce(stack, [view(T0, user="c-z", category="sofa")])
+    run_engine(stack, state_codec="json")
+    r = redis_client(stack)
+    plain = r.get(state_key("c-z"))
+    assert plain.startswith(b"{") and orjson.loads(plain)["lifetime"] == {"product_view": 1}
+    produce(stack, [view(T0 + HOUR, user="c-z", category="sofa")])
+    run_engine(stack)   # the default codec: zstd with the shipped dictionary
+    stored = r.get(state_key("c-z"))
+    assert is_compressed(stored) and len(stored) < len(plain)
+    assert read_document(r, state_key("c-z"))["lifetime"] == {"product_view": 2}
+    assert read_customer(r, "c-z")[1]["lifetime"] == {"product_view": 2}
+    # A takeover reads either: the loader hands the shards JSON.
+    r.set(state_key("c-json"), plain)
+    assert make_loader(stack.redis_url)([state_key("c-z"), state_key("c-json"),
+                                         link_key("none")]) == [decode(stored), plain, None]

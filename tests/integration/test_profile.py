@@ -23,6 +23,7 @@ from engage.rules.loader import CATALOG_DIR
 from engage.simulator.storefront import Storefront
 from engage.state.keys import state_key
 from engage.state.profile import memberships
+from engage.connectors.redis_store import read_document
 
 from stack_helpers import redis_client, run_engine, settings_for, topic_docs
 
@@ -126,7 +127,7 @@ def test_a_year_replayed_gives_the_profile_a_brute_force_batch_computes(stack, y
     r = redis_client(stack)
     stages: dict[str, int] = defaultdict(int)
     for customer, want in expected.items():
-        doc = orjson.loads(r.get(state_key(customer)))
+        doc = read_document(r, state_key(customer))
         derived = doc["derived"]
         # What the engine stored, event by event and timer by timer...
         assert derived["stage"][0] == want["stage"], customer
@@ -162,7 +163,7 @@ def test_a_year_replayed_gives_the_profile_a_brute_force_batch_computes(stack, y
     # Membership sets hold exactly the customers whose profile says so.
     members: dict[str, set[str]] = defaultdict(set)
     for key in r.scan_iter("engage:c:{c-*"):
-        doc = orjson.loads(r.get(key))
+        doc = read_document(r, key)
         for m in filter(None, memberships(doc.get("derived", {})).split("\x1f")):
             members[m].add(doc["id"])
     stored = {k.decode()[len("engage:members:{"):-1]: {c.decode() for c in r.smembers(k)}

@@ -29,7 +29,7 @@ from engage.connectors.devstack import DevStack
 from engage.connectors.kafka import ACTIONS_TOPIC, AUDIT_TOPIC, EVENTS_TOPIC, produce_all
 from engage.connectors.redis_ledger import RedisLedger
 from engage.connectors.redis_store import (RedisStateSink, connect, has_state, make_loader,
-                                           read_clock)
+                                           read_clock, read_document)
 from engage.operators.records import StateWrites
 from engage.simulator.storefront import Storefront
 from engage.state.contact import CapCheck, LedgerRequest, MemoryLedger
@@ -222,13 +222,13 @@ def test_forget_erases_a_customer_from_every_node_and_the_engine_keeps_them_out(
 
     # The engine resumes from its snapshots: it takes the request, ignores the
     # customer's new events and keeps the other customer going.
-    before = orjson.loads(client.get(state_key(other)))
+    before = read_document(client, state_key(other))
     t = runs.last_ts + MIN
     produce(runs.stack, [view(t + i * MIN, user=u) for i in range(3) for u in (customer, other)])
     engage("run", "--stop-at-end", "--recovery-dir", str(runs.recovery), redis_url=runs.cluster.url,
            stack=runs.stack)
     assert everything_about(runs.cluster, *ids) == []
-    after = orjson.loads(client.get(state_key(other)))
+    after = read_document(client, state_key(other))
     assert after != before
 
 
