@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 #: The largest tree a condition may have: keeps evaluation cost bounded.
@@ -306,6 +306,10 @@ class Function:
     #: Takes the lookup as its first argument (reads customer data).
     needs_context: bool = False
     doc: str = ""
+    #: For a call whose arguments are all literals: given their values, a
+    #: closure of the lookup that answers exactly as ``impl(get, *values)``
+    #: would (work done once when compiling), or None where it cannot.
+    bind: Callable[..., Callable[[Lookup], Any] | None] | None = None
 
 
 def _len(x: Any) -> int:
@@ -461,49 +465,156 @@ def _contains(item: Any, container: Any) -> bool:
 
 
 def _compile(node: Node, names: Names) -> Compiled:
+    return _build(node, names)[0]
+
+
+#: Exactly these types take the numeric fast path of an ordered comparison
+#: (``bool`` is a subclass of ``int`` but not a number here).
+_NUMBERS = (int, float)
+
+
+def _const(node: Node) -> tuple[bool, Any]:
+    """Whether ``node`` is a literal or a list of literals, and its value."""
+    if node.op == "lit":
+        return True, node.value
+    if node.op == "list":
+        values = []
+        for a in node.args:
+            ok, value = _const(a)
+            if not ok:
+                return False, None
+            values.append(value)
+        return True, values
+    return False, None
+
+
+def _compare_number(op: str, left: Compiled, name: str | None, value: Any,
+                    flipped: bool) -> Compiled:
+    """``left OP value`` for a numeric literal ``value`` (``value OP left`` when ``flipped``).
+
+    Tag and rule conditions are mostly a field against a number: an int or a
+    float on the field's side is compared at once; anything else (strings,
+    null, booleans) goes through the checked :func:`_ordered` comparison with
+    the operands in their written order, so answers and errors are those of
+    the general path. ``name``: the field ``left`` reads, looked up directly.
+    """
+    cmp = _ordered(op)
+    if flipped:
+        op = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}[op]
+        slow: Callable[[Any], bool] = lambda a: cmp(value, a)
+    else:
+        slow = lambda a: cmp(a, value)
+    read: Compiled = left if name is None else (lambda get: get(name))
+    num = _NUMBERS
+    # One closure per operator: the comparison inline, no call per evaluation.
+    if op == "<":
+        def lt(get: Lookup) -> bool:
+            a = get(name) if name is not None else read(get)
+            return a < value if a.__class__ in num else slow(a)
+        return lt
+    if op == "<=":
+        def le(get: Lookup) -> bool:
+            a = get(name) if name is not None else read(get)
+            return a <= value if a.__class__ in num else slow(a)
+        return le
+    if op == ">":
+        def gt(get: Lookup) -> bool:
+            a = get(name) if name is not None else read(get)
+            return a > value if a.__class__ in num else slow(a)
+        return gt
+
+    def ge(get: Lookup) -> bool:
+        a = get(name) if name is not None else read(get)
+        return a >= value if a.__class__ in num else slow(a)
+    return ge
+
+
+def _build(node: Node, names: Names) -> tuple[Compiled, bool]:
+    """The closure for ``node``, and whether it always answers a ``bool``.
+
+    Where both operands of ``and``/``or`` (or the operand of ``not``)
+    already answer a bool, :func:`_truth` would change nothing and is left
+    out. Lookups answer plain values (numbers, strings, lists, dicts, null):
+    ``==`` and ``!=`` against a literal then always answer a bool too.
+    """
     op = node.op
     if op == "lit":
         value = node.value
-        return lambda get: value
+        return (lambda get: value), isinstance(value, bool)
     if op == "name":
         name = node.value
-        return lambda get: get(name)
+        return (lambda get: get(name)), False
     if op == "list":
         parts = [_compile(a, names) for a in node.args]
-        return lambda get: [p(get) for p in parts]
+        return (lambda get: [p(get) for p in parts]), False
     if op == "call":
         f = names.function(node.value)
         assert f is not None  # check() ran first
-        args = [_compile(a, names) for a in node.args]
         impl = f.impl
+        consts = [_const(a) for a in node.args]
+        if all(ok for ok, _ in consts):
+            values = tuple(v for _, v in consts)
+            if f.needs_context:
+                bound = f.bind(*values) if f.bind is not None else None
+                if bound is not None:
+                    return bound, False
+                return (lambda get: impl(get, *values)), False
+        args = [_compile(a, names) for a in node.args]
         if f.needs_context:
-            return lambda get: impl(get, *[a(get) for a in args])
-        return lambda get: impl(*[a(get) for a in args])
+            return (lambda get: impl(get, *[a(get) for a in args])), False
+        return (lambda get: impl(*[a(get) for a in args])), False
     if op == "not":
-        inner = _compile(node.args[0], names)
-        return lambda get: not _truth(inner(get))
+        inner, is_bool = _build(node.args[0], names)
+        if is_bool:
+            return (lambda get: not inner(get)), True
+        return (lambda get: not _truth(inner(get))), True
     if op == "neg":
         inner = _compile(node.args[0], names)
-        return lambda get: -_number(inner(get))
-    left = _compile(node.args[0], names)
-    right = _compile(node.args[1], names)
-    if op == "and":
-        return lambda get: _truth(left(get)) and _truth(right(get))
-    if op == "or":
-        return lambda get: _truth(left(get)) or _truth(right(get))
-    if op == "==":
-        return lambda get: left(get) == right(get)
-    if op == "!=":
-        return lambda get: left(get) != right(get)
-    if op == "in":
-        return lambda get: _contains(left(get), right(get))
-    if op == "not in":
-        return lambda get: not _contains(left(get), right(get))
+        return (lambda get: -_number(inner(get))), False
+    (left, lbool), (right, rbool) = _build(node.args[0], names), _build(node.args[1], names)
+    if op in ("and", "or"):
+        if not lbool:
+            left_in = left
+            left = lambda get: _truth(left_in(get))   # noqa: E731 - a closure is the point
+        if not rbool:
+            right_in = right
+            right = lambda get: _truth(right_in(get))   # noqa: E731
+        if op == "and":
+            return (lambda get: left(get) and right(get)), True
+        return (lambda get: left(get) or right(get)), True
+    lconst, lvalue = _const(node.args[0])
+    rconst, rvalue = _const(node.args[1])
+    if op in ("==", "!="):
+        # A literal on either side: a lookup's plain value compares to a bool.
+        against_literal = lconst or rconst
+        if rconst and node.args[0].op == "name":
+            name, value = node.args[0].value, rvalue
+            if op == "==":
+                return (lambda get: get(name) == value), against_literal
+            return (lambda get: get(name) != value), against_literal
+        if op == "==":
+            return (lambda get: left(get) == right(get)), against_literal
+        return (lambda get: left(get) != right(get)), against_literal
+    if op in ("in", "not in"):
+        if rconst:
+            container = rvalue   # a literal list: built once, never handed out
+            if op == "in":
+                return (lambda get: _contains(left(get), container)), True
+            return (lambda get: not _contains(left(get), container)), True
+        if op == "in":
+            return (lambda get: _contains(left(get), right(get))), True
+        return (lambda get: not _contains(left(get), right(get))), True
     if op in ("<", "<=", ">", ">="):
+        if rconst and isinstance(rvalue, _NUMBERS) and not isinstance(rvalue, bool):
+            name = node.args[0].value if node.args[0].op == "name" else None
+            return _compare_number(op, left, name, rvalue, False), True
+        if lconst and isinstance(lvalue, _NUMBERS) and not isinstance(lvalue, bool):
+            name = node.args[1].value if node.args[1].op == "name" else None
+            return _compare_number(op, right, name, lvalue, True), True
         cmp = _ordered(op)
-        return lambda get: cmp(left(get), right(get))
+        return (lambda get: cmp(left(get), right(get))), True
     arith = _arith(op)
-    return lambda get: arith(left(get), right(get))
+    return (lambda get: arith(left(get), right(get))), False
 
 
 def _truth(x: Any) -> bool:
@@ -533,6 +644,14 @@ class Condition:
     text: str
     tree: Node
     fn: Compiled
+    #: ``fn`` made to answer a bool (``fn`` itself where it always does):
+    #: what :meth:`evaluate` calls, and what hot callers may call directly.
+    test: Callable[[Lookup], bool] = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.test is None:
+            fn = self.fn
+            object.__setattr__(self, "test", lambda get: _truth(fn(get)))
 
     @staticmethod
     def of(text: str, names: Names = ANY_NAME) -> "Condition":
@@ -541,11 +660,12 @@ class Condition:
         errors = check(tree, names)
         if errors:
             raise errors[0]
-        return Condition(text, tree, _compile(tree, names))
+        fn, is_bool = _build(tree, names)
+        return Condition(text, tree, fn, fn if is_bool else None)
 
     def evaluate(self, get: Lookup) -> bool:
         """Whether the condition holds; :class:`EvalError` when it cannot be decided."""
-        return _truth(self.fn(get))
+        return self.test(get)
 
     def names(self) -> list[str]:
         """The fields this condition reads (for explanations)."""

@@ -28,7 +28,7 @@ Functions: ``count(type, window[, category])``, ``consented(channel)``,
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from engage.events import EVENT_TYPES, PROPERTY_SCHEMA
 from engage.rules.expr import Function, Lookup, Names
@@ -76,6 +76,15 @@ def _count(get: Lookup, counter: Any, window: Any, category: Any = None) -> floa
     return float(get(f"count:{name}:{window}") or 0)
 
 
+def _bind_count(counter: Any, window: Any, category: Any = None) -> Callable[[Lookup], float] | None:
+    """``count`` with literal arguments: the name it reads is built once, when compiling."""
+    if not isinstance(counter, str) or not isinstance(window, str):
+        return None   # the call raises, at evaluation, as written
+    name = counter if category is None else f"{counter}|{category}"
+    key = f"count:{name}:{window}"
+    return lambda get: float(get(key) or 0)
+
+
 def _consented(get: Lookup, channel: Any) -> bool:
     return bool(get(f"consented:{channel}"))
 
@@ -86,7 +95,8 @@ def _has_tag(get: Lookup, tag: Any) -> bool:
 
 FUNCTIONS: tuple[tuple[str, Function], ...] = tuple((f.name, f) for f in (
     Function("count", 2, 3, _count, needs_context=True,
-             doc="events of a type (and category) in a window: count('product_view', '7d', 'sofa')"),
+             doc="events of a type (and category) in a window: count('product_view', '7d', 'sofa')",
+             bind=_bind_count),
     Function("consented", 1, 1, _consented, needs_context=True,
              doc="whether the customer may be contacted on a channel"),
     Function("has_tag", 1, 1, _has_tag, needs_context=True, doc="whether the customer has a tag"),
