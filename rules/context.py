@@ -53,6 +53,16 @@ class Context:
             self.seen[name] = value
         return value
 
+    def read(self, name: str) -> Any:
+        """The value of ``name``, as :meth:`get` answers it, but not recorded.
+
+        For the profile's tag conditions: they need no explanation, and
+        skipping the record saves most of a lookup. Every resolver is a pure
+        read of the state (the cart's lines are kept for the next read), so
+        a name read twice answers the same both times.
+        """
+        return _RESOLVERS[name](self, name)
+
     # ------------------------------------------------------------------ resolving
     def _lines(self) -> dict[str, list[Any]]:
         if self._cart is None:
@@ -67,10 +77,7 @@ class Context:
         # Tag conditions run after most events: which kind of name this is is
         # worked out once per name (a chain of prefix tests cost a third of
         # the lookups), then each lookup is one dict hit and one call.
-        resolver = _RESOLVERS.get(name)
-        if resolver is None:
-            resolver = _RESOLVERS[name] = _resolver_for(name)
-        return resolver(self, name)
+        return _RESOLVERS[name](self, name)
 
     def _count(self, counter: str, window: str) -> Any:
         try:
@@ -156,9 +163,17 @@ _FIXED: dict[str, Resolver] = {
     "segment": Context._view, "stage": Context._view, "tier": Context._view,
     "churn_risk": Context._score, "repurchase_30d": Context._score,
 }
+class _Resolvers(dict):  # type: ignore[type-arg]
+    """Name -> resolver, each worked out on the first lookup of its name."""
+
+    def __missing__(self, name: str) -> Resolver:
+        resolver = self[name] = _resolver_for(name)
+        return resolver
+
+
 #: Every name looked up so far, and how to resolve it (names come from the
 #: rule files: a bounded set).
-_RESOLVERS: dict[str, Resolver] = {}
+_RESOLVERS: dict[str, Resolver] = _Resolvers()
 
 
 def _resolver_for(name: str) -> Resolver:

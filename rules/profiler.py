@@ -36,7 +36,7 @@ ORDER_TYPES = frozenset({"order_paid", "order_refunded"})
 CART_TYPES = frozenset({"add_to_cart", "remove_from_cart", "order_placed", "order_paid"})
 PROFILE_TYPES = frozenset({"profile_update", "register"})
 #: Views kept per customer with the time each was entered.
-_TRACKED = ("stage", "tier", "segment")
+_TRACKED = ("stage", "tier", "segment")   # refresh writes these out by name, in this order
 #: Names a tag may read and the events that can change them, beyond ``<type>_<window>``.
 _NAME_TYPES: dict[str, frozenset[str]] = {
     "orders": ORDER_TYPES, "lifetime_spend": ORDER_TYPES, "days_since_last_order": ORDER_TYPES,
@@ -47,16 +47,25 @@ _NAME_TYPES: dict[str, frozenset[str]] = {
     "birthday": PROFILE_TYPES, "consent": frozenset({"consent_update"}),
 }
 _PREF_KINDS = ("likes:", "style:", "price:")
+#: Every preference kind's prefix is this long: ``key[:6]`` is a key's kind.
+_KIND_LEN = 6
+assert all(len(k) == _KIND_LEN for k in _PREF_KINDS)
 #: Category and style names that may become preference tags (and Redis set names).
 _PLAIN = re.compile(r"[A-Za-z0-9_\-. ]{1,64}")
+#: Names checked against :data:`_PLAIN` and the answer (a catalogue's
+#: categories and styles repeat); emptied when it reaches this many.
+_PLAIN_CACHE_SIZE = 4096
 #: Preference scores are kept as they would stand at this event time (2020-01-01).
 DECAY_EPOCH = 1_577_836_800_000
+#: An empty SHA-256 to copy for each change id.
+_SHA256 = hashlib.sha256()
 
 
 def change_id(customer: str, kind: str, name: str, ts: int) -> str:
     """Deterministic id of a profile change (the same change on replay, the same id)."""
-    digest = hashlib.sha256(f"{customer}\x1f{kind}\x1f{name}\x1f{ts}".encode()).hexdigest()
-    return "p-" + digest[:24]
+    digest = _SHA256.copy()   # a copy: cheaper than a new hash object (OpenSSL's set-up)
+    digest.update(f"{customer}\x1f{kind}\x1f{name}\x1f{ts}".encode())
+    return "p-" + digest.hexdigest()[:24]
 
 
 class Profiler:
@@ -128,6 +137,11 @@ class Profiler:
         self._kinds = (("likes:", p.top_categories), ("style:", p.top_styles),
                        ("price:", 1)) if p is not None else ()
         self._room = sum(top + 1 for _, top in self._kinds)
+        #: log2 of each weight, once (the same float every event would compute).
+        self._log_weights = {t: math.log2(w) for t, w in self.weights.items() if w > 0}
+        self._plain: dict[str, bool] = {}
+        #: log2 of the minimum score, in stored (epoch) terms.
+        self._fade_floor = math.log2(p.min_score) if p is not None else 0.0
 
     # ------------------------------------------------------------------ events
     def relevant(self, state: CustomerState, etype: str) -> bool:
@@ -160,23 +174,29 @@ class Profiler:
         if not isinstance(items, list):
             return set()
         touched: set[str] = set()
+        plain = self._plain
         for item in items:
             if not isinstance(item, dict):
                 continue
             # Names become tags and Redis set names: only plain ones qualify.
             category, style = item.get("category"), item.get("style")
-            if isinstance(category, str) and _PLAIN.fullmatch(category):
-                touched.add("likes:" + category)
-            if isinstance(style, str) and _PLAIN.fullmatch(style):
-                touched.add("style:" + style)
+            if isinstance(category, str):
+                ok = plain.get(category)
+                if ok or (ok is None and self._is_plain(category)):
+                    touched.add("likes:" + category)
+            if isinstance(style, str):
+                ok = plain.get(style)
+                if ok or (ok is None and self._is_plain(style)):
+                    touched.add("style:" + style)
             price = item.get("price")
             if isinstance(price, (int, float)) and not isinstance(price, bool):
                 touched.add("price:" + _band(float(price), p))
         if not touched:
             return touched
         scores: dict[str, float] = state.derived.setdefault("prefs", {})
-        added = math.log2(weight) + (e.ts - DECAY_EPOCH) / p.half_life_ms
-        for key in sorted(touched):   # a document's key order must not follow a hash seed
+        added = self._log_weights[e.type] + (e.ts - DECAY_EPOCH) / p.half_life_ms
+        # A document's key order must not follow a hash seed: keys go in sorted.
+        for key in (sorted(touched) if len(touched) > 1 else touched):
             old = scores.get(key)
             if old is None:
                 scores[key] = round(added, 2)
@@ -189,14 +209,31 @@ class Profiler:
         # lowest score, then the greatest key, as a full ranking would drop them)
         # without sorting the kind.
         if len(scores) > self._room:
+            # One pass sorts the keys into their kinds (every kind's prefix is
+            # _KIND_LEN long); only a kind over its room is looked at again.
+            kinds: dict[str, list[tuple[float, str]]] = {}
+            for k, v in scores.items():
+                mine = kinds.get(k[:_KIND_LEN])
+                if mine is None:
+                    kinds[k[:_KIND_LEN]] = [(v, k)]
+                else:
+                    mine.append((v, k))
             for prefix, top in self._kinds:
-                mine = [(v, k) for k, v in scores.items() if k.startswith(prefix)]
+                mine = kinds.get(prefix, [])
                 while len(mine) > top + 1:
                     lowest = min(v for v, _ in mine)
                     weakest = max(k for v, k in mine if v == lowest)
                     mine.remove((lowest, weakest))
                     del scores[weakest]
         return touched
+
+    def _is_plain(self, name: str) -> bool:
+        """Whether ``name`` may become a tag (checked once per name, within a bounded cache)."""
+        ok = _PLAIN.fullmatch(name) is not None
+        if len(self._plain) >= _PLAIN_CACHE_SIZE:
+            self._plain.clear()
+        self._plain[name] = ok
+        return ok
 
     # ------------------------------------------------------------------ profile
     def facts(self, state: CustomerState, as_of: int) -> Facts:
@@ -218,8 +255,12 @@ class Profiler:
         etype = event.type if event is not None else None
         touched = self.learn(state, event) if event is not None else set()
         d = state.derived
-        before: dict[str, Any] = {k: (d[k][0] if k in d else None) for k in _TRACKED}
-        before["tags"] = d.get("tags", {})
+        # _TRACKED's views, then the tags: written out, it costs no comprehension.
+        stage, tier, segment = d.get("stage"), d.get("tier"), d.get("segment")
+        before: dict[str, Any] = {"stage": stage[0] if stage is not None else None,
+                                  "tier": tier[0] if tier is not None else None,
+                                  "segment": segment[0] if segment is not None else None,
+                                  "tags": d.get("tags", {})}
         armed = d.get("due")
         # An event at (or, in a replay's same batch, after) the armed moment
         # stands in for the timer: what was due then is derived now, in full.
@@ -332,7 +373,7 @@ class Profiler:
         scores = state.derived.get("prefs")
         if p is None or not scores:
             return []
-        floor = math.log2(p.min_score)
+        floor = self._fade_floor
         return [DECAY_EPOCH + int((scores[tag] - floor) * p.half_life_ms) + 1
                 for tag in state.derived.get("tags", ()) if tag in scores]
 
@@ -358,10 +399,11 @@ class Profiler:
             if rescored:
                 todo += self.tags_on_scores
         if todo:
-            ctx = Context(state, self.cfg, as_of)
+            # Tags explain nothing: names are read without the explanation record.
+            get = Context(state, self.cfg, as_of).read
             for tag in todo:
                 try:
-                    holds = bool(tag.when.evaluate(ctx.get))
+                    holds = tag.when.test(get)
                 except (EvalError, ValueError, TypeError, KeyError):
                     holds = False   # a field the customer lacks: the tag does not hold
                 if holds:
@@ -382,8 +424,10 @@ class Profiler:
         for prefix, top in self._kinds:
             if etype is not None and prefix not in rising:
                 continue
-            ranked = sorted(((v, k) for k, v in scores.items()
-                             if k.startswith(prefix) and v >= floor), key=lambda x: (-x[0], x[1]))
+            # Highest score first, then the smaller key: sorting (-score, key)
+            # pairs gives that order without a key function.
+            ranked = sorted([(-v, k) for k, v in scores.items()
+                             if v >= floor and k.startswith(prefix)])
             held = {t for t in held if not t.startswith(prefix)}
             held.update(k for _, k in ranked[:top])
         return held
