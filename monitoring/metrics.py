@@ -7,7 +7,37 @@ channel, step, partition), never customer ids.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from typing import Any
+
+from prometheus_client import Counter as _PromCounter
+from prometheus_client import Gauge, Histogram
+
+
+class Counter(_PromCounter):
+    """A Prometheus counter whose ``labels(...)`` finds an existing child at once.
+
+    The library's ``labels`` checks its arguments, converts each to ``str``
+    and takes a lock on every call; hot paths (a profile change, an action)
+    call it once per record for a handful of children. Label values that
+    are already strings find their child in the children's own dict (read
+    live, so ``remove`` and ``clear`` still count); anything else, and the
+    first call for a child, takes the library's path.
+    """
+
+    def labels(self, *labelvalues: Any, **labelkwargs: Any) -> Any:
+        """The child for these label values (see ``prometheus_client``)."""
+        if labelvalues and not labelkwargs:
+            children = self.__dict__.get("_metrics")
+            if children is not None:
+                child = children.get(labelvalues)
+                if child is not None:
+                    for v in labelvalues:
+                        if v.__class__ is not str:
+                            break
+                    else:
+                        return child
+        return super().labels(*labelvalues, **labelkwargs)
+
 
 EVENTS = Counter("engage_events_total", "Valid events taken in, by event type.", ["type"])
 DEAD_LETTERS = Counter("engage_dead_letters_total",
