@@ -221,8 +221,11 @@ class Profiler:
             for prefix, top in self._kinds:
                 mine = kinds.get(prefix, [])
                 while len(mine) > top + 1:
-                    lowest = min(v for v, _ in mine)
-                    weakest = max(k for v, k in mine if v == lowest)
+                    # The lowest score, of those the greatest key: one pass.
+                    lowest, weakest = mine[0]
+                    for v, k in mine:
+                        if v < lowest or (v == lowest and k > weakest):
+                            lowest, weakest = v, k
                     mine.remove((lowest, weakest))
                     del scores[weakest]
         return touched
@@ -361,11 +364,17 @@ class Profiler:
         An event only adds later moments: its own bucket leaving the windows,
         its preference scores fading. What was due before is due no later.
         """
-        candidates = [(as_of // gran + buckets) * gran for gran, buckets in self._exits]
+        # The earliest candidate after as_of, in one pass (no lists to build).
+        best: int | None = None
+        for gran, buckets in self._exits:
+            t = (as_of // gran + buckets) * gran
+            if t > as_of and (best is None or t < best):
+                best = t
         if etype in self.weights:
-            candidates += self._fades(state)
-        later = [t for t in candidates if t > as_of]
-        return min(later) if later else None
+            for t in self._fades(state):
+                if t > as_of and (best is None or t < best):
+                    best = t
+        return best
 
     def _fades(self, state: CustomerState) -> list[int]:
         """When each preference tag held falls below the minimum score."""
