@@ -661,7 +661,8 @@ class Condition:
         if errors:
             raise errors[0]
         fn, is_bool = _build(tree, names)
-        return Condition(text, tree, fn, fn if is_bool else None)
+        test: Callable[[Lookup], bool] = fn if is_bool else (lambda get: _truth(fn(get)))
+        return Condition(text, tree, fn, test)
 
     def evaluate(self, get: Lookup) -> bool:
         """Whether the condition holds; :class:`EvalError` when it cannot be decided."""
