@@ -196,9 +196,12 @@ class WindowSet:
         low = top - w.buckets
         total: float = 0.0
         for li in range(w.level + 1):
-            level_gran = self.granularities[li]
+            span = _key_span(low, top, gran // self.granularities[li])
+            if span is None:
+                continue
+            first, last = span
             for i, bucket in levels[li].items():
-                if low < int(i) * level_gran // gran <= top:
+                if _key_at_least(i, first) and _key_at_least(last, i):
                     total += bucket.get(counter, 0)
         return total
 
@@ -217,10 +220,19 @@ class WindowSet:
         low = top - w.buckets
         oldest: int | None = None
         for li in range(w.level + 1):
-            level_gran = self.granularities[li]
+            ratio = gran // self.granularities[li]
+            span = _key_span(low, top, ratio)
+            if span is None:
+                continue
+            first, last = span
+            found: str | None = None
             for i in levels[li]:
-                at = int(i) * level_gran // gran
-                if low < at <= top and (oldest is None or at < oldest):
+                if _key_at_least(i, first) and _key_at_least(last, i) and (
+                        found is None or _key_at_least(found, i)):
+                    found = i
+            if found is not None:
+                at = int(found) // ratio
+                if oldest is None or at < oldest:
                     oldest = at
         # Bucket ``at`` counts while at > floor(T/gran) - buckets.
         return None if oldest is None else (oldest + w.buckets) * gran
@@ -233,9 +245,12 @@ class WindowSet:
             top = ref_ts // gran
             low = top - w.buckets
             for li in range(w.level + 1):
-                level_gran = self.granularities[li]
+                span = _key_span(low, top, gran // self.granularities[li])
+                if span is None:
+                    continue
+                first, last = span
                 for i, bucket in levels[li].items():
-                    if low < int(i) * level_gran // gran <= top:
+                    if _key_at_least(i, first) and _key_at_least(last, i):
                         for name, n in bucket.items():
                             per = out.setdefault(name, {x.name: 0 for x in self.windows})
                             per[w.name] += n
@@ -255,7 +270,10 @@ class WindowSet:
             level = levels[li]
             gran = grans[li]
             low = ref_ts // gran - self.horizons[li]
-            stale = [i for i in level if int(i) <= low]
+            if low < 0:
+                continue   # bucket indexes are never negative: nothing is that old
+            bound = str(low)
+            stale = [i for i in level if _key_at_least(bound, i)]
             for i in stale:
                 bucket = level.pop(i)
                 start = int(i) * gran
@@ -279,6 +297,33 @@ class WindowSet:
                 if level >= 0:
                     idx = i if level == li else str(start // grans[level])
                     _add_bucket(target[level], idx, o_bucket)
+
+
+def _key_at_least(key: str, bound: str) -> bool:
+    """``int(key) >= int(bound)`` for bucket indexes, without parsing either.
+
+    Bucket indexes are written by ``str()`` of a non-negative int (event
+    times are after 1970), so they have no sign and no leading zeros: the
+    longer string is the larger number, and strings of one length compare
+    as their digits do. Parsing every key was most of the cost of a
+    windowed count (a tag condition reads one after most events).
+    """
+    n, m = len(key), len(bound)
+    return n > m or (n == m and key >= bound)
+
+
+def _key_span(low: int, top: int, ratio: int) -> tuple[str, str] | None:
+    """The bucket indexes ``k`` of a level with ``low < k // ratio <= top``, as the
+    first and last index (strings for :func:`_key_at_least`); None when there are none.
+
+    ``ratio``: how many of the level's buckets make one of the window's
+    (a whole number: granularities are a minute, an hour or a day).
+    """
+    first = max((low + 1) * ratio, 0)
+    last = (top + 1) * ratio - 1
+    if last < first:
+        return None
+    return str(first), str(last)
 
 
 def _add_bucket(level: dict[str, dict[str, float]], idx: str, bucket: dict[str, float]) -> None:

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from engage.events import Event
 from engage.operators.event_time import PartitionClock
 from engage.state.customer import CustomerState, StateConfig
-from engage.state.windows import DAY_MS, HOUR_MS, MINUTE_MS, WindowSet, parse_duration
+from engage.state.windows import (DAY_MS, HOUR_MS, MINUTE_MS, WindowSet, _key_at_least, _key_span,
+                                  parse_duration)
 
 CFG = StateConfig.default()
 LATENESS = 10 * MINUTE_MS
@@ -132,3 +133,23 @@ def test_durations(text: str, ms: int) -> None:
 def test_bad_durations_say_how_to_write_one(bad: str) -> None:
     with pytest.raises(ValueError, match="use a number and one of"):
         parse_duration(bad)
+
+
+@given(st.integers(0, 10**13), st.integers(0, 10**13))
+def test_bucket_indexes_compare_as_the_numbers_they_spell(a: int, b: int) -> None:
+    assert _key_at_least(str(a), str(b)) == (a >= b)
+
+
+@given(st.integers(-10**9, 10**9), st.integers(0, 100), st.sampled_from([1, 24, 60, 1440]),
+       st.lists(st.integers(0, 10**7), max_size=30))
+def test_a_key_span_holds_exactly_the_buckets_of_the_window(top: int, width: int, ratio: int,
+                                                            keys: list[int]) -> None:
+    low = top - width
+    span = _key_span(low, top, ratio)
+    inside = {k for k in keys if low < k // ratio <= top}
+    if span is None:
+        assert not inside
+    else:
+        first, last = span
+        assert {k for k in keys if _key_at_least(str(k), first)
+                and _key_at_least(last, str(k))} == inside
