@@ -26,10 +26,16 @@ from engage.runtime import tune_gc
 from engage.simulator.storefront import Storefront
 
 
+#: Where the workload's event time starts (2026-01-01 UTC): fixed, so that every
+#: run buckets the same events into the same minutes, hours and days and two
+#: runs compare the code, not the clock they started at.
+START_MS = 1_767_225_600_000
+
+
 def records(events: int, customers: int, partitions: int = 3) -> list[Any]:
     """The benchmark's storefront workload as raw records, spread over partitions by key."""
     shop = Storefront(seed=42, customers=customers, mean_gap_ms=300, sessions=1000,
-                      start_ms=int(time.time() * 1000) - events * 300 - 86_400_000)
+                      start_ms=START_MS)
     out = []
     offsets = [0] * partitions
     for key, value in shop.events(events):
