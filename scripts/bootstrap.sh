@@ -30,6 +30,9 @@ while IFS= read -r so; do
 done < <(find "$ROOT" -name '*.cpython-*.so' -not -path "$VENV/*" -not -path "$ROOT/build/*")
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ -n "$stale" ]; then
   echo ">> installing engage and its dev extras into .venv (compiling the hot modules)"
+  # The stamp goes first: an install that fails half-way (after the old
+  # compiled modules were removed) must not look finished to the next run.
+  rm -f "$stamp"
   # Compiled modules and their runtime library from an earlier build go first.
   find "$ROOT" \( -name '*.cpython-*.so' -o -name '*__mypyc.*' \) -not -path "$VENV/*" -delete
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[dev]"
