@@ -549,6 +549,8 @@ class CustomerShard(_Shard):
             state = self._state(key)
             if item.state is not None:
                 state.merge(item.state, cfg)
+                if profiler is not None:
+                    profiler.merge_prefs(state, item.state)
                 if runner is not None:
                     runner.on_merge(state, item.state, timers)
             state.add_device(item.anonymous_id)
@@ -785,12 +787,27 @@ class IdentityShard(_Shard):
         self.links_changed: set[str] = set()
         self.links_before: set[str] = set()
         self.marker: Any = None
+        self.learner: Any = None
         super().__init__(cfg, resume, bootstrap)
 
     def _marker(self) -> Any:
         """The rules in force, for the events a device's history must remember."""
         self.marker = runner_in_force(self.cfg, self.marker)
         return self.marker
+
+    def _learner(self) -> Any:
+        """The preference scoring of the tag definitions in force (None without
+        preferences), rebuilt on reload: what a device browses before it is
+        linked counts for its customer's preference tags once it is."""
+        book = self.cfg.rules if self.cfg.rules is not None else self.cfg.tags
+        if self.cfg.profile is None or book is None or book.current.preferences is None:
+            self.learner = None
+            return None
+        if self.learner is None or self.learner.rules is not book.current:
+            from engage.rules.profiler import Profiler  # noqa: PLC0415 - not compiled
+
+            self.learner = Profiler(book.current, self.cfg.state, self.cfg.profile)
+        return self.learner
 
     def _restore(self, snap: dict[str, Any]) -> None:
         super()._restore(snap)
@@ -816,6 +833,7 @@ class IdentityShard(_Shard):
         out: list[Any] = []
         ticked = False
         self._marker()   # once per batch: a reload takes effect from the next one
+        self._learner()
         if self.bootstrap is not None:
             self._prefetch(anon_key(i.anonymous_id or "") for i in items if type(i) is Event)
             self._prefetch_links({i.anonymous_id or "" for i in items if type(i) is Event})
@@ -901,6 +919,8 @@ class IdentityShard(_Shard):
             key = anon_key(anon)
             state = self.states.get(key) or self._state(key)
             state.apply(item, cfg)
+            if self.learner is not None:
+                self.learner.learn(state, item)
             marker = self.marker
             if item.late:
                 metrics.LATE_EVENTS.inc()

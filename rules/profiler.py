@@ -197,17 +197,34 @@ class Profiler:
         added = self._log_weights[e.type] + (e.ts - DECAY_EPOCH) / p.half_life_ms
         # A document's key order must not follow a hash seed: keys go in sorted.
         for key in (sorted(touched) if len(touched) > 1 else touched):
-            old = scores.get(key)
-            if old is None:
-                scores[key] = round(added, 2)
-            else:
-                high, low = (old, added) if old > added else (added, old)
-                scores[key] = round(high + math.log2(1.0 + 2.0 ** (low - high)), 2)
-        # Room for the tags and one contender per kind (log2 to 0.01: scores to
-        # within 0.7%); the rest would take half-lives of renewed interest to matter.
-        # A kind is over its room by an entry or a few: its weakest go (the
-        # lowest score, then the greatest key, as a full ranking would drop them)
-        # without sorting the kind.
+            _add_score(scores, key, added)
+        self._prune(scores)
+        return touched
+
+    def merge_prefs(self, state: CustomerState, device: CustomerState) -> None:
+        """Fold a device's preference scores (what it browsed before it was linked)
+        into ``state``'s, as if the same items had been seen by the customer.
+
+        Scores are kept as at the fixed epoch, so adding two of them needs no
+        ageing: the sums are those of the events' scores, to the rounding of
+        each side. The tags follow at the merge's own refresh.
+        """
+        theirs = device.derived.get("prefs")
+        if self.prefs is None or not theirs:
+            return
+        scores: dict[str, float] = state.derived.setdefault("prefs", {})
+        for key in sorted(theirs):
+            _add_score(scores, key, theirs[key])
+        self._prune(scores)
+
+    def _prune(self, scores: dict[str, float]) -> None:
+        """Keep room for the tags and one contender per kind.
+
+        Log2 to 0.01: scores to within 0.7%; the rest would take half-lives of
+        renewed interest to matter. A kind is over its room by an entry or a
+        few: its weakest go (the lowest score, then the greatest key, as a full
+        ranking would drop them) without sorting the kind.
+        """
         if len(scores) > self._room:
             # One pass sorts the keys into their kinds (every kind's prefix is
             # _KIND_LEN long); only a kind over its room is looked at again.
@@ -228,7 +245,6 @@ class Profiler:
                             lowest, weakest = v, k
                     mine.remove((lowest, weakest))
                     del scores[weakest]
-        return touched
 
     def _is_plain(self, name: str) -> bool:
         """Whether ``name`` may become a tag (checked once per name, within a bounded cache)."""
@@ -440,6 +456,16 @@ class Profiler:
             held = {t for t in held if not t.startswith(prefix)}
             held.update(k for _, k in ranked[:top])
         return held
+
+
+def _add_score(scores: dict[str, float], key: str, added: float) -> None:
+    """Add a score (log2, as at the epoch) to ``key``'s: log2(2**old + 2**added)."""
+    old = scores.get(key)
+    if old is None:
+        scores[key] = round(added, 2)
+    else:
+        high, low = (old, added) if old > added else (added, old)
+        scores[key] = round(high + math.log2(1.0 + 2.0 ** (low - high)), 2)
 
 
 def _reads(tree: Any) -> list[str]:

@@ -11,13 +11,14 @@ from engage.events import Event
 from engage.operators.records import Forget, Merge, Tick
 from engage.operators.shards import IdentityShard, ShardConfig
 from engage.replay import replay
+from engage.rules.decide import iso
 from engage.rules.loader import load_text
 from engage.rules.model import RuleSet
 from engage.rules.profiler import Profiler
 from engage.state.customer import CustomerState, StateConfig
 from engage.state.profile import ProfileConfig
 
-from helpers import DAY, MIN, T0, doc, paid, view
+from helpers import DAY, MIN, T0, doc, login, paid, view
 
 CFG = StateConfig.default()
 
@@ -111,3 +112,41 @@ rules:
                                "ts": T0}], [], out)
     assert sorted((d.doc["rule_id"], d.doc.get("reason")) for d in out) == [
         ("vip_wake", None), ("win_back", "conflict")]
+
+
+PREFERENCES = """preferences:
+  half_life: 30d
+  min_score: 4
+  top_categories: 3
+  top_styles: 2
+  price_bands: {budget: 0, mid: 200, premium: 1000}
+"""
+
+
+def test_what_a_device_browsed_before_login_becomes_the_customers_preference(
+        tmp_path: Path) -> None:
+    browsing = [view(T0 + i * MIN, anon="d-1", category="bed") for i in range(6)]
+    login_at = T0 + 60 * MIN
+    got = run(tmp_path, PREFERENCES, browsing + [login(login_at, "c1", "d-1"),
+                                                 view(T0 + DAY, "clock", category="lamp")])
+    liked = [(c["kind"], c["ts"], c["cause"]) for c in got
+             if c["user_id"] == "c1" and c["name"] == "likes:bed"]
+    assert liked == [("tag_added", iso(login_at), {"merged": "d-1"})]
+    # The same browsing never linked to anyone makes nobody's preference.
+    alone = run(tmp_path, PREFERENCES, browsing + [view(T0 + DAY, "clock", category="lamp")])
+    assert not [c for c in alone if c["name"] == "likes:bed"]
+
+
+def test_device_and_customer_scores_add_up_at_the_merge() -> None:
+    loaded = load_text(PREFERENCES, "prefs.yaml", CFG)
+    profiler = Profiler(RuleSet((), preferences=loaded.preferences), CFG, ProfileConfig())
+    customer, device = CustomerState("c1", CFG), CustomerState("~d-1", CFG)
+    for i in range(3):
+        profiler.learn(customer, Event(f"c{i}", "product_view", T0 + i, "c1", None, "web",
+                                       {"category": "bed"}))
+        profiler.learn(device, Event(f"d{i}", "product_view", T0 + i, None, "d-1", "web",
+                                     {"category": "bed"}))
+    alone = customer.derived["prefs"]["likes:bed"]
+    profiler.merge_prefs(customer, device)
+    # Twice the score: one more in log2, to the rounding.
+    assert abs(customer.derived["prefs"]["likes:bed"] - (alone + 1.0)) <= 0.011
