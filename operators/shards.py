@@ -863,6 +863,10 @@ class IdentityShard(_Shard):
         if self.cfg.finish_on_eof:
             self.watermark.finish()
             self._marker()
+            # A resumed shard may reach the end before any batch: what on_batch
+            # sets up per batch is needed here too, or held device events go
+            # unscored and the replay differs from an uninterrupted run.
+            self._learner()
             self._release(None, out)
             self._pass_time_on(out, final=True)
             self._advance(out)
