@@ -1,7 +1,8 @@
 """The ``engage`` command-line program.
 
 Sub-commands: ``run``, ``demo``, ``simulate``, ``profile``, ``forget``, ``rules validate`` (also
-``tags validate``), ``replay``, ``report``, ``models``, ``eval-churn``, ``bench``. Each exits
+``tags validate``), ``replay``, ``report``, ``models``, ``eval-churn``, ``bench``,
+``recode-state``. Each exits
 non-zero with a one-line reason on bad input or configuration.
 """
 
@@ -125,6 +126,21 @@ def cmd_forget(args: argparse.Namespace) -> int:
     print(f"erased: {record['keys_removed']} key(s) removed now; request {record['request_id']} "
           "sent to the engine (it drops what it holds and ignores the customer's events from "
           "now on); recorded in engage:erasures")
+    return 0
+
+
+def cmd_recode_state(args: argparse.Namespace) -> int:
+    """Rewrite every stored state document with a codec (before a rollback, or to compress old ones)."""
+    from engage.connectors.redis_store import connect, recode  # noqa: PLC0415
+
+    settings = _settings(args)
+    if not settings.redis_url:
+        print("engage recode-state: ENGAGE_REDIS_URL (or --redis-url) must be set",
+              file=sys.stderr)
+        return 2
+    done = recode(connect(settings.redis_url), args.codec)
+    print(f"{done['seen']} document(s): {done['rewritten']} rewritten as {args.codec}, "
+          f"{done['unchanged']} already so (or rewritten by the engine meanwhile)")
     return 0
 
 
@@ -274,6 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
     forget.add_argument("--redis-url", dest="redis_url")
     forget.add_argument("--kafka-bootstrap", dest="kafka_bootstrap")
     forget.set_defaults(func=cmd_forget)
+
+    recode_state = sub.add_parser("recode-state", help=cmd_recode_state.__doc__)
+    recode_state.add_argument("--codec", required=True, choices=("json", "zstd"),
+                              help="json: readable by any version (do this before rolling back "
+                                   "to one that predates the zstd codec); zstd: the default")
+    recode_state.add_argument("--redis-url", dest="redis_url")
+    recode_state.set_defaults(func=cmd_recode_state)
 
     models = sub.add_parser("models", help=cmd_models.__doc__)
     models.add_argument("op", nargs="?", choices=("reset", "pin", "unpin"),

@@ -30,8 +30,8 @@ from engage.monitoring import metrics
 from engage.operators.records import StateWrites
 from engage.events import anon_key
 from engage.state.codec import Encoder, decode, decode_optional
-from engage.state.keys import (CLOCK_KEY, DOCUMENT_PREFIXES, MEMBERS_INDEX, STATE_PATTERN,
-                               link_key, members_key, memberships_key, state_key)
+from engage.state.keys import (CLOCK_KEY, DOCUMENT_PREFIXES, MEMBERS_INDEX, PREFIX,
+                               STATE_PATTERN, link_key, members_key, memberships_key, state_key)
 
 log = logging.getLogger(__name__)
 
@@ -554,3 +554,52 @@ def read_clock(client: Client) -> int | None:
     """The event-time watermark the engine last published."""
     raw = client.get(CLOCK_KEY)
     return int(raw) if raw is not None else None
+
+
+# Compare-and-set: a document the engine rewrote meanwhile is left as the engine wrote it.
+_RECODE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+  return 1
+end
+return 0
+"""
+
+
+def recode(client: Client, codec: str, chunk: int = 500) -> dict[str, int]:
+    """Rewrite every stored state document with ``codec`` (``engage recode-state``).
+
+    What a rollback to a version that reads only JSON needs (documents are
+    rewritten only when their customer changes, so a quiet customer's stays
+    as it was written for up to ``inactive_ttl``), or a switch to zstd for
+    documents written before. Each key is swapped only if it still holds
+    what was read (a script compares), keeping its TTL, so the engine may
+    keep running. Returns how many documents were seen, rewritten, and
+    already in ``codec`` (or changed by the engine meanwhile).
+    """
+    encoder = Encoder(codec)
+    seen = rewritten = 0
+    for node in primaries(client):
+        script = node.register_script(_RECODE)
+        keys: list[bytes] = []
+        for pattern in (STATE_PATTERN, f"{PREFIX}:base:*"):
+            keys.extend(node.scan_iter(match=pattern, count=1000))
+        for at in range(0, len(keys), chunk):
+            part = keys[at:at + chunk]
+            reads = node.pipeline(transaction=False)
+            for key in part:
+                reads.get(key)
+            olds = reads.execute()
+            writes = node.pipeline(transaction=False)
+            queued = 0
+            for key, old in zip(part, olds):
+                if old is None:
+                    continue
+                seen += 1
+                new = encoder.encode(decode(old))
+                if new != old:
+                    script(keys=[key], args=[old, new], client=writes)
+                    queued += 1
+            if queued:
+                rewritten += sum(int(x) for x in writes.execute())
+    return {"seen": seen, "rewritten": rewritten, "unchanged": seen - rewritten}

@@ -53,7 +53,7 @@ def _dictionary(dict_id: int) -> zstandard.ZstdCompressionDict:
         if path is None:
             raise CodecError(f"state document compressed with zstd dictionary {dict_id}, which "
                              f"this version does not ship (it knows {sorted(_DICTIONARIES)}): "
-                             f"upgrade the engine that reads it")
+                             f"a newer engine wrote it, or the value is corrupt")
         found = cache[dict_id] = zstandard.ZstdCompressionDict(path.read_bytes())
     return found
 
