@@ -8,7 +8,9 @@ to ~300 bytes, which is what brings Redis memory per customer within its
 budget (see benchmarks/RESULTS.md). The dictionary ships with the engine
 (``state/state-v1.zdict``) and is never changed in place: a retrained one gets
 a new id, and :func:`decode` keeps reading every id it knows, so documents
-written by any earlier version stay readable.
+written by any earlier version stay readable. The reverse does not hold: an
+engine older than this codec reads JSON only, so a rollback to one starts
+with ``engage recode-state --codec json`` (``redis_store.recode``).
 
 Which codec writes is a setting (``ENGAGE_STATE_CODEC``: ``zstd`` or
 ``json``, readable with ``redis-cli GET``); reading takes either, whatever
