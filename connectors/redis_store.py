@@ -30,8 +30,8 @@ from engage.monitoring import metrics
 from engage.operators.records import StateWrites
 from engage.events import anon_key
 from engage.state.codec import Encoder, decode, decode_optional
-from engage.state.keys import (CLOCK_KEY, DOCUMENT_PREFIXES, MEMBERS_INDEX, PREFIX,
-                               STATE_PATTERN, link_key, members_key, memberships_key, state_key)
+from engage.state.keys import (CLOCK_KEY, DOCUMENT_PREFIXES, MEMBERS_INDEX, STATE_PATTERN,
+                               link_key, members_key, memberships_key, state_key)
 
 log = logging.getLogger(__name__)
 
@@ -582,8 +582,8 @@ def recode(client: Client, codec: str, chunk: int = 500) -> dict[str, int]:
     for node in primaries(client):
         script = node.register_script(_RECODE)
         keys: list[bytes] = []
-        for pattern in (STATE_PATTERN, f"{PREFIX}:base:*"):
-            keys.extend(node.scan_iter(match=pattern, count=1000))
+        for prefix in DOCUMENT_PREFIXES:
+            keys.extend(node.scan_iter(match=prefix + "*", count=1000))
         for at in range(0, len(keys), chunk):
             part = keys[at:at + chunk]
             reads = node.pipeline(transaction=False)
