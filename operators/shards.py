@@ -240,6 +240,12 @@ class _Shard:
         """An immutable copy (bytes) of the whole shard for Bytewax recovery."""
         return pickle.dumps(self._snapshot_dict(), protocol=pickle.HIGHEST_PROTOCOL)
 
+    def _tag_rules(self) -> Any:
+        """The rule set whose tag definitions are in force (the rules', else the tag
+        book's, as last reloaded), or None when there is neither."""
+        book = self.cfg.rules if self.cfg.rules is not None else self.cfg.tags
+        return book.current if book is not None else None
+
     def _lookup(self, key: str) -> CustomerState | None:
         """The hot state of ``key``, thawing it from the last snapshot if needed."""
         state = self.states.get(key)
@@ -457,11 +463,12 @@ class CustomerShard(_Shard):
         """The profile keeper for the tag definitions in force (rebuilt on reload)."""
         if self.cfg.profile is None:
             return None
-        book = self.cfg.rules if self.cfg.rules is not None else self.cfg.tags
         from engage.rules.model import RuleSet  # noqa: PLC0415 - not compiled
         from engage.rules.profiler import Profiler  # noqa: PLC0415 - not compiled
 
-        rules = book.current if book is not None else RuleSet(())
+        rules = self._tag_rules()
+        if rules is None:
+            rules = RuleSet(())
         if self.profiler is None or self.profiler.rules is not rules:
             self.profiler = Profiler(rules, self.cfg.state, self.cfg.profile)
         self.profiler.population = self.population
@@ -799,14 +806,14 @@ class IdentityShard(_Shard):
         """The preference scoring of the tag definitions in force (None without
         preferences), rebuilt on reload: what a device browses before it is
         linked counts for its customer's preference tags once it is."""
-        book = self.cfg.rules if self.cfg.rules is not None else self.cfg.tags
-        if self.cfg.profile is None or book is None or book.current.preferences is None:
+        rules = self._tag_rules()
+        if self.cfg.profile is None or rules is None or rules.preferences is None:
             self.learner = None
             return None
-        if self.learner is None or self.learner.rules is not book.current:
+        if self.learner is None or self.learner.rules is not rules:
             from engage.rules.profiler import Profiler  # noqa: PLC0415 - not compiled
 
-            self.learner = Profiler(book.current, self.cfg.state, self.cfg.profile)
+            self.learner = Profiler(rules, self.cfg.state, self.cfg.profile)
         return self.learner
 
     def _restore(self, snap: dict[str, Any]) -> None:
